@@ -1,0 +1,267 @@
+"""The `jaxq` command line: `jaxq demo`, `jaxq queue ...`, `jaxq theory ...`.
+
+Options map one to one onto the Python API (jaxq.System and jaxq.simulate); `--json` prints one
+JSON object whose keys are the Result's field names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
+                "onebit", "linear")
+PREDICTOR_NAMES = ("perfect", "exponential", "uniform", "lognormal")
+SERVICE_NAMES = ("exponential", "deterministic", "uniform", "lognormal", "weibull",
+                 "bounded-pareto", "hyperexponential", "empirical")
+
+
+def _add_model_options(p: argparse.ArgumentParser):
+    g = p.add_argument_group("model")
+    g.add_argument("--policy", default="fcfs", help=f"one of: {', '.join(POLICY_NAMES)}")
+    g.add_argument("--predictor", default="perfect", help=f"one of: {', '.join(PREDICTOR_NAMES)}")
+    g.add_argument("--service", default="exponential", help=f"one of: {', '.join(SERVICE_NAMES)}")
+    g.add_argument("--load", type=float, required=True, help="lambda * E[S], in (0, 1)")
+    g.add_argument("--alpha", type=float, default=0.5,
+                   help="uniform predictor: y ~ U[(1-alpha)x, (1+alpha)x], alpha in [0, 1)")
+    g.add_argument("--sigma", type=float, default=0.5,
+                   help="lognormal predictor: y = x exp(sigma Z), sigma >= 0")
+    g.add_argument("--threshold", type=float, default=1.0, help="onebit: short iff y < threshold")
+    g.add_argument("--preemptive", action="store_true", help="onebit / linear: preemptive variant")
+    g.add_argument("--c", type=float, default=0.5, help="sprpt-limited: c in [0, 1]")
+    g.add_argument("--weights", default="0,1,0,0",
+                   help="linear: w_prediction,w_remaining,w_attained,w_age")
+    g.add_argument("--shape", type=float, default=None,
+                   help="weibull shape (default 0.5) or bounded-pareto alpha (default 1.5)")
+    g.add_argument("--cv", type=float, default=None,
+                   help="coefficient of variation of lognormal (default 1) or hyperexponential "
+                        "(default 2) sizes")
+    g.add_argument("--mean", type=float, default=1.0, help="mean job size (default 1)")
+    g.add_argument("--low", type=float, default=None, help="uniform / bounded-pareto lower bound")
+    g.add_argument("--high", type=float, default=None, help="uniform / bounded-pareto upper bound")
+    g.add_argument("--samples", default=None,
+                   help="empirical: file of sizes (.npy, or text with one number per line)")
+    g.add_argument("--arrival-cv", type=float, default=1.0,
+                   help="coefficient of variation of inter-arrival times (1 = Poisson; else "
+                        "gamma-distributed gaps)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_model(args):
+    """(service, predictor, policy, arrivals) modules from parsed options."""
+    import jaxq
+    from jaxq._checks import check_choice
+
+    check_choice("policy", args.policy, POLICY_NAMES)
+    check_choice("predictor", args.predictor, PREDICTOR_NAMES)
+    check_choice("service", args.service, SERVICE_NAMES)
+
+    s = args.service
+    if s == "exponential":
+        service = jaxq.Exponential(args.mean)
+    elif s == "deterministic":
+        service = jaxq.Deterministic(args.mean)
+    elif s == "uniform":
+        low = 0.0 if args.low is None else args.low
+        high = 2 * args.mean - low if args.high is None else args.high
+        service = jaxq.Uniform(low, high)
+    elif s == "lognormal":
+        service = jaxq.Lognormal.from_cv(1.0 if args.cv is None else args.cv, args.mean)
+    elif s == "weibull":
+        service = jaxq.Weibull(0.5 if args.shape is None else args.shape, args.mean)
+    elif s == "bounded-pareto":
+        alpha = 1.5 if args.shape is None else args.shape
+        if args.low is None and args.high is None:
+            service = jaxq.BoundedPareto.with_mean(alpha, 1000.0, args.mean)
+        elif args.low is None or args.high is None:
+            raise ValueError("bounded-pareto needs both --low and --high, or neither")
+        else:
+            service = jaxq.BoundedPareto(alpha, args.low, args.high)
+    elif s == "hyperexponential":
+        service = jaxq.Hyperexponential(2.0 if args.cv is None else args.cv, args.mean)
+    else:
+        if args.samples is None:
+            raise ValueError("--service empirical needs --samples FILE")
+        service = jaxq.Empirical.from_file(args.samples)
+
+    predictor = {
+        "perfect": lambda: jaxq.Perfect(),
+        "exponential": lambda: jaxq.ExponentialNoise(),
+        "uniform": lambda: jaxq.UniformNoise(args.alpha),
+        "lognormal": lambda: jaxq.LognormalNoise(args.sigma),
+    }[args.predictor]()
+
+    p = args.policy
+    if p == "sprpt-limited":
+        policy = jaxq.SPRPTLimited(args.c)
+    elif p == "onebit":
+        policy = jaxq.OneBit(args.threshold, args.preemptive)
+    elif p == "linear":
+        w = [float(v) for v in args.weights.split(",")]
+        if len(w) != 4:
+            raise ValueError(f"--weights must be four numbers "
+                             f"w_prediction,w_remaining,w_attained,w_age, got {args.weights!r}")
+        policy = jaxq.Linear(*w, preemptive=args.preemptive)
+    else:
+        policy = jaxq.POLICIES[p]()
+
+    arrivals = jaxq.Poisson() if args.arrival_cv == 1.0 else jaxq.Renewal(args.arrival_cv)
+    return service, predictor, policy, arrivals
+
+
+def _parameters(args) -> dict:
+    keys = ("policy", "predictor", "service", "load")
+    out = {k: getattr(args, k) for k in keys}
+    extra = {"uniform": "alpha", "lognormal": "sigma"}.get(args.predictor)
+    if extra:
+        out[extra] = getattr(args, extra)
+    if args.policy == "onebit":
+        out.update(threshold=args.threshold, preemptive=args.preemptive)
+    if args.policy == "sprpt-limited":
+        out["c"] = args.c
+    if args.policy == "linear":
+        out.update(weights=args.weights, preemptive=args.preemptive)
+    return out
+
+
+def cmd_queue(args) -> dict:
+    import jaxq
+
+    service, predictor, policy, arrivals = build_model(args)
+    system = jaxq.System(args.load, service, predictor, policy, arrivals)
+    progress = None
+    if not args.json and sys.stderr.isatty():
+        def progress(done, needed):
+            print(f"\rchunk {done} (at least {needed})", end="", file=sys.stderr, flush=True)
+    r = jaxq.simulate(system, jobs=args.jobs, replicas=args.replicas, warmup=args.warmup,
+                      key=args.seed, capacity=args.capacity, finite_horizon=args.finite_horizon,
+                      progress=progress)
+    if progress:
+        print(file=sys.stderr)
+    out = _parameters(args)
+    for name in ("mean_response_time", "stderr", "mean_slowdown", "p50", "p90", "p99",
+                 "utilisation", "mean_number_in_system", "jobs", "overflow", "max_in_system",
+                 "unfinished"):
+        out[name] = np.asarray(getattr(r, name)).item()
+    out["bucket_edges"] = r.bucket_edges.tolist()
+    out["bucket_mean_response_time"] = np.asarray(r.bucket_mean_response_time).tolist()
+    out["bucket_jobs"] = np.asarray(r.bucket_jobs).tolist()
+    out.update(replicas=args.replicas, seed=args.seed, quantile_resolution=r.quantile_resolution,
+               seconds=r.seconds)
+    return out
+
+
+def cmd_theory(args) -> dict:
+    from jaxq import theory
+
+    service, predictor, policy, arrivals = build_model(args)
+    if args.arrival_cv != 1.0:
+        raise ValueError("theory is exact for Poisson arrivals only (--arrival-cv 1)")
+    out = _parameters(args)
+    out["mean_response_time"] = float(theory.mean_response_time(policy, service, predictor,
+                                                                args.load))
+    if args.policy == "onebit":
+        t, value = theory.optimal_onebit_threshold(service, predictor, args.load, args.preemptive)
+        out.update(optimal_threshold=float(t), optimal_mean_response_time=float(value))
+    return out
+
+
+def cmd_demo(args) -> dict:
+    from jaxq.demo import run_demo
+
+    return run_demo(jobs=args.jobs, replicas=args.replicas, seed=args.seed, as_json=args.json)
+
+
+def _print_table(out: dict):
+    width = max(len(k) for k in out)
+    for k, v in out.items():
+        if isinstance(v, float):
+            v = f"{v:.6g}"
+        elif isinstance(v, list):
+            v = ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v)
+        print(f"{k:<{width}}  {v}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxq", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("queue", help="simulate one M/G/1 configuration with replicas")
+    _add_model_options(q)
+    g = q.add_argument_group("run")
+    g.add_argument("--jobs", type=int, default=20000, help="measured jobs per replica")
+    g.add_argument("--replicas", type=int, default=8, help="independent replicas (vmapped)")
+    g.add_argument("--warmup", type=int, default=None, help="jobs discarded first (default jobs/10)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--capacity", type=int, default=256, help="job slots per replica")
+    g.add_argument("--finite-horizon", action="store_true",
+                   help="stop arrivals after the last measured job and drain (allows load >= 1)")
+
+    t = sub.add_parser("theory", help="exact mean response time (M/G/1, Poisson arrivals)")
+    _add_model_options(t)
+
+    d = sub.add_parser("demo", help="sweep every policy over loads and print sim vs theory")
+    d.add_argument("--jobs", type=int, default=20000)
+    d.add_argument("--replicas", type=int, default=8)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--json", action="store_true")
+    return p
+
+
+def _use_all_cores():
+    """Expose one JAX CPU device per core, so that configurations are spread over them."""
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", os.cpu_count() or 1)
+    except Exception:  # backend already initialised (e.g. called from a notebook): keep it
+        pass
+    cache = os.environ.get("JAXQ_COMPILATION_CACHE",
+                           os.path.join(os.path.expanduser("~"), ".cache", "jaxq", "xla"))
+    if cache:
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    _use_all_cores()
+    command = {"queue": cmd_queue, "theory": cmd_theory, "demo": cmd_demo}[args.command]
+    from jaxq import CapacityError
+
+    try:
+        out = command(args)
+    except (ValueError, CapacityError) as err:
+        print(f"jaxq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(_finite_or_null(out), default=_json_default))
+    elif args.command != "demo":
+        _print_table(out)
+    return 0
+
+
+def _finite_or_null(v):
+    """NaN (e.g. the stderr of a single replica) has no JSON spelling: write null."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite_or_null(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_finite_or_null(x) for x in v]
+    return v
+
+
+def _json_default(v):
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    raise TypeError(type(v).__name__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Scheduling policies as SOAP-style rank functions.
+
+A policy maps what is known about a job in the system to a rank; the job of lowest rank is served.
+A rank has three parts:
+
+* primary (float): compared first;
+* tiebreak (int): compared among equal primaries, lower first. Almost always the arrival index,
+  so ties go to the earlier arrival; the preemptive onebit policy uses minus the index for short
+  jobs, which makes them last-come-first-served among themselves;
+* locked (bool): a locked job is served ahead of everything and can no longer be preempted
+  (non-preemptive policies lock a job once it has started; sprpt-limited once a > c * y).
+
+`slope()` is d(primary)/d(attained) for a job in service that is not locked, and is the same for
+every job of a policy. A negative or zero slope means a job in service only gets better relative
+to the waiting ones, so only an arrival can preempt it. A positive slope (las, or a linear rank
+that weighs attained service more than predicted remaining) means the served job catches up with
+waiting ones; jobs whose ranks meet then share the server equally (the limit of ties broken by
+arrival order as the rank rises), which is how las becomes processor sharing among the jobs with
+least attained service.
+
+Oracle policies (sjf, psjf, srpt) read the true size x; every other policy reads only the
+prediction y, the attained service a and the time in system.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from jaxq._checks import check_range, check_nonnegative
+
+
+class JobView(NamedTuple):
+    """What a policy may look at, one entry per job slot (shape (K,) each)."""
+
+    size: jax.Array  # true size x (only oracle policies may read it)
+    prediction: jax.Array  # predicted size y
+    attained: jax.Array  # service received so far, a
+    age: jax.Array  # time in system
+    index: jax.Array  # arrival index (int32), 0 for the first job
+
+
+class Rank(NamedTuple):
+    primary: jax.Array  # (K,) float
+    tiebreak: jax.Array  # (K,) int32
+    locked: jax.Array  # (K,) bool
+
+
+def _rank(jobs: JobView, primary, *, locked=None, tiebreak=None) -> Rank:
+    primary = jnp.broadcast_to(jnp.asarray(primary, dtype=jobs.attained.dtype), jobs.attained.shape)
+    if tiebreak is None:
+        tiebreak = jobs.index
+    if locked is None:
+        locked = jnp.zeros(jobs.attained.shape, dtype=bool)
+    return Rank(primary, tiebreak, locked)
+
+
+def _started(jobs: JobView) -> jax.Array:
+    return jobs.attained > 0
+
+
+class Policy(eqx.Module):
+    name: ClassVar[str]
+    uses_true_size: ClassVar[bool] = False
+
+    def rank(self, jobs: JobView) -> Rank:
+        raise NotImplementedError
+
+    def slope(self) -> jax.Array:
+        return jnp.asarray(0.0)
+
+
+class FCFS(Policy):
+    """First come, first served."""
+
+    name: ClassVar[str] = "fcfs"
+
+    def rank(self, jobs):
+        return _rank(jobs, 0.0)
+
+
+class LAS(Policy):
+    """Least attained service (foreground-background): rank a; ties share the server."""
+
+    name: ClassVar[str] = "las"
+
+    def rank(self, jobs):
+        return _rank(jobs, jobs.attained)
+
+    def slope(self):
+        return jnp.asarray(1.0)
+
+
+class SJF(Policy):
+    """Shortest job first by true size, non-preemptive."""
+
+    name: ClassVar[str] = "sjf"
+    uses_true_size: ClassVar[bool] = True
+
+    def rank(self, jobs):
+        return _rank(jobs, jobs.size, locked=_started(jobs))
+
+
+class PSJF(Policy):
+    """Preemptive shortest job first by true size."""
+
+    name: ClassVar[str] = "psjf"
+    uses_true_size: ClassVar[bool] = True
+
+    def rank(self, jobs):
+        return _rank(jobs, jobs.size)
+
+
+class SRPT(Policy):
+    """Shortest remaining processing time: rank x - a."""
+
+    name: ClassVar[str] = "srpt"
+    uses_true_size: ClassVar[bool] = True
+
+    def rank(self, jobs):
+        return _rank(jobs, jobs.size - jobs.attained)
+
+    def slope(self):
+        return jnp.asarray(-1.0)
+
+
+class SPJF(Policy):
+    """Shortest predicted job first, non-preemptive: rank y."""
+
+    name: ClassVar[str] = "spjf"
+
+    def rank(self, jobs):
+        return _rank(jobs, jobs.prediction, locked=_started(jobs))
+
+
+class PSPJF(Policy):
+    """Preemptive shortest predicted job first: rank y."""
+
+    name: ClassVar[str] = "pspjf"
+
+    def rank(self, jobs):
+        return _rank(jobs, jobs.prediction)
+
+
+class SPRPT(Policy):
+    """Shortest predicted remaining processing time: rank y - a, falling below zero once a job
+    outlives its prediction, so such a job is never preempted by a new arrival."""
+
+    name: ClassVar[str] = "sprpt"
+
+    def rank(self, jobs):
+        return _rank(jobs, jobs.prediction - jobs.attained)
+
+    def slope(self):
+        return jnp.asarray(-1.0)
+
+
+class SPRPTLimited(Policy):
+    """sprpt while a <= c * y; after that the job can no longer be preempted.
+    c = 0 is spjf, c = 1 is sprpt."""
+
+    name: ClassVar[str] = "sprpt-limited"
+    c: jax.Array
+
+    def __init__(self, c=0.5):
+        self.c = jnp.asarray(c, dtype=float)
+
+    def __check_init__(self):
+        check_range("c", self.c, low=0.0, high=1.0)
+
+    def rank(self, jobs):
+        locked = jobs.attained > self.c * jobs.prediction
+        return _rank(jobs, jobs.prediction - jobs.attained, locked=locked)
+
+    def slope(self):
+        return jnp.asarray(-1.0)
+
+
+class OneBit(Policy):
+    """One bit of advice: a job is short iff y < threshold.
+
+    Non-preemptive: short first, FCFS within a class. Preemptive: an arriving short job preempts
+    whatever is in service; short jobs are LCFS preemptive-resume among themselves, long jobs FCFS
+    with preemptive resume.
+    """
+
+    name: ClassVar[str] = "onebit"
+    threshold: jax.Array
+    preemptive: jax.Array  # bool
+
+    def __init__(self, threshold=1.0, preemptive=False):
+        self.threshold = jnp.asarray(threshold, dtype=float)
+        self.preemptive = jnp.asarray(preemptive, dtype=bool)
+
+    def __check_init__(self):
+        check_nonnegative("threshold", self.threshold)
+
+    def rank(self, jobs):
+        short = jobs.prediction < self.threshold
+        tiebreak = jnp.where(short & self.preemptive, -jobs.index, jobs.index)
+        locked = _started(jobs) & ~self.preemptive
+        return _rank(jobs, jnp.where(short, 0.0, 1.0), locked=locked, tiebreak=tiebreak)
+
+
+class Linear(Policy):
+    """rank = w_prediction * y + w_remaining * (y - a) + w_attained * a + w_age * (time in system).
+
+    With preemptive = False a job that has started is locked. One compiled program covers the whole
+    family (spjf is (1, 0, 0, 0, False), sprpt is (0, 1, 0, 0, True), fcfs is (0, 0, 0, -1, True),
+    las is (0, 0, 1, 0, True)), so the weights can be swept with vmap and tuned by gradient.
+    """
+
+    name: ClassVar[str] = "linear"
+    w_prediction: jax.Array
+    w_remaining: jax.Array
+    w_attained: jax.Array
+    w_age: jax.Array
+    preemptive: jax.Array  # bool
+
+    def __init__(self, w_prediction=0.0, w_remaining=1.0, w_attained=0.0, w_age=0.0,
+                 preemptive=True):
+        self.w_prediction = jnp.asarray(w_prediction, dtype=float)
+        self.w_remaining = jnp.asarray(w_remaining, dtype=float)
+        self.w_attained = jnp.asarray(w_attained, dtype=float)
+        self.w_age = jnp.asarray(w_age, dtype=float)
+        self.preemptive = jnp.asarray(preemptive, dtype=bool)
+
+    def __check_init__(self):
+        for name in ("w_prediction", "w_remaining", "w_attained", "w_age"):
+            check_range(name, getattr(self, name))
+
+    def rank(self, jobs):
+        y, a = jobs.prediction, jobs.attained
+        primary = (self.w_prediction * y + self.w_remaining * (y - a) + self.w_attained * a
+                   + self.w_age * jobs.age)
+        return _rank(jobs, primary, locked=_started(jobs) & ~self.preemptive)
+
+    def slope(self):
+        # The age term grows at the same rate for every job, so it never changes the order.
+        return self.w_attained - self.w_remaining
+
+
+POLICIES: dict[str, type[Policy]] = {
+    cls.name: cls
+    for cls in (FCFS, LAS, SJF, PSJF, SRPT, SPJF, PSPJF, SPRPT, SPRPTLimited, OneBit, Linear)
+}
+
+__all__ = ["Policy", "JobView", "Rank", "POLICIES", *[c.__name__ for c in POLICIES.values()]]

@@ -1,0 +1,277 @@
+"""Run a batch of queueing systems: validation, sampling, the chunk loop, and the Result.
+
+    result = jaxq.simulate(jaxq.System(load=loads, policy=jaxq.SPRPT(), ...), jobs=10_000)
+
+Every configuration in the batch runs `replicas` independent replicas; configurations with the
+same seed see the same arrivals, sizes and prediction noise (common random numbers), so policy
+comparisons are sharp.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from functools import partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxq._checks import check_choice, check_range
+from jaxq.metrics import histogram_quantiles, quantile_resolution
+from jaxq.queue import Chunk, EngineSpec, QueueState, init_state, run_chunk
+from jaxq.system import System
+
+DEFAULT_SIZE_BUCKETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+QUANTILES = (0.5, 0.9, 0.99)
+_STREAM_ARRIVALS, _STREAM_SIZES, _STREAM_PREDICTIONS = 0, 1, 2
+
+
+class CapacityError(RuntimeError):
+    """Some configurations had more jobs in system than slots; their results are biased."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """Per-configuration results; every array has the System's batch shape S in front."""
+
+    mean_response_time: np.ndarray  # S
+    stderr: np.ndarray  # S, standard error of the mean across replicas (NaN for one replica)
+    mean_slowdown: np.ndarray  # S, E[T / x]
+    p50: np.ndarray  # S, quantiles of T (resolution: quantile_resolution)
+    p90: np.ndarray  # S
+    p99: np.ndarray  # S
+    bucket_edges: np.ndarray  # (B-1,) size-bucket edges; bucket b is [edge b-1, edge b)
+    bucket_mean_response_time: np.ndarray  # S + (B,), E[T | x in bucket], NaN if empty
+    bucket_jobs: np.ndarray  # S + (B,)
+    utilisation: np.ndarray  # S, fraction of the measurement window the server was busy
+    mean_number_in_system: np.ndarray  # S, time average
+    jobs: np.ndarray  # S, measured jobs over all replicas
+    overflow: np.ndarray  # S, arrivals dropped for want of a slot (0 in a valid run)
+    max_in_system: np.ndarray  # S, the most jobs in system seen in any replica
+    unfinished: np.ndarray  # S, measured jobs still in system when the run was stopped
+    replica_mean_response_time: np.ndarray  # S + (R,)
+    quantile_resolution: float  # relative resolution of p50/p90/p99
+    seconds: float  # wall time, compilation included
+    chunks: int  # chunks run
+
+
+def simulate(system: System, *, jobs: int, replicas: int = 8, warmup: int | None = None,
+             key: int | jax.Array = 0, capacity: int = 128, chunk: int = 1024,
+             size_buckets=DEFAULT_SIZE_BUCKETS, histogram_bins: int = 2000,
+             finite_horizon: bool = False, on_overflow: str = "raise",
+             max_chunks: int | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Result:
+    """Simulate every configuration of `system` (vmapped) and summarise.
+
+    jobs: measured jobs per replica, after `warmup` (default jobs // 10) discarded ones.
+    capacity: job slots per configuration; an arrival that finds them all full is dropped and
+        counted in `overflow`. on_overflow = "raise" (default) | "warn" | "ignore".
+    finite_horizon: stop arrivals after the last measured job and let the system drain; the
+        only way to run a load >= 1.
+    max_chunks: stop (and report `unfinished`) after this many chunks; default is generous.
+    progress: called as progress(chunks_done, chunks_needed_at_least) after each chunk.
+    """
+    warmup = jobs // 10 if warmup is None else warmup
+    _validate(system, jobs=jobs, replicas=replicas, warmup=warmup, capacity=capacity,
+              chunk=chunk, histogram_bins=histogram_bins, finite_horizon=finite_horizon,
+              on_overflow=on_overflow, size_buckets=size_buckets)
+    start = time.perf_counter()
+    system = system.broadcast()
+    shape = system.batch_shape
+    flat = jax.tree_util.tree_map(
+        lambda leaf: jnp.reshape(leaf, (-1,) + jnp.shape(leaf)[len(shape):]), system)
+    batch = math.prod(shape)
+
+    spec = EngineSpec(capacity=capacity, chunk=chunk, warmup=warmup, jobs=jobs,
+                      finite_horizon=finite_horizon,
+                      bucket_edges=tuple(float(e) for e in size_buckets),
+                      histogram_bins=histogram_bins)
+    keys = _replica_keys(_as_key(key), flat.seed, replicas)
+    state = jax.tree_util.tree_map(
+        lambda leaf: jnp.broadcast_to(leaf, (batch, replicas) + leaf.shape), init_state(spec))
+    mesh = _config_mesh(batch)
+    if mesh is not None:
+        sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("config"))
+        flat, keys, state = jax.device_put((flat, keys, state), sharding)
+
+    needed = -(-(warmup + jobs) // chunk)
+    limit = max_chunks if max_chunks is not None else max(20 * needed, needed + 200)
+    done_chunks = 0
+    while done_chunks < limit:
+        state = _advance(spec, mesh, flat, keys, state, jnp.asarray(done_chunks, jnp.int32))
+        done_chunks += 1
+        if progress is not None:
+            progress(done_chunks, needed)
+        if done_chunks >= needed and bool(jnp.all(state.finished >= jobs)):
+            break
+    result = _summarise(spec, flat, state, shape, replicas, time.perf_counter() - start,
+                        done_chunks)
+    _report_problems(result, capacity, on_overflow)
+    return result
+
+
+def _validate(system, *, jobs, replicas, warmup, capacity, chunk, histogram_bins,
+              finite_horizon, on_overflow, size_buckets):
+    for name, value, low in (("jobs", jobs, 1), ("replicas", replicas, 1), ("warmup", warmup, 0),
+                             ("capacity", capacity, 1), ("chunk", chunk, 1),
+                             ("histogram_bins", histogram_bins, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if warmup + jobs >= 2**31 - 1:
+        raise ValueError(f"warmup + jobs must be below 2^31 - 1, got {warmup + jobs}")
+    check_choice("on_overflow", on_overflow, ("raise", "warn", "ignore"))
+    edges = np.asarray(size_buckets, dtype=np.float64)
+    if edges.ndim != 1 or np.any(np.diff(edges) <= 0) or np.any(edges <= 0):
+        raise ValueError(f"size_buckets must be increasing positive edges, got {size_buckets!r}")
+    if not isinstance(system, System):
+        raise TypeError(f"system must be a jaxq.System, got {type(system).__name__}")
+    if not finite_horizon:
+        check_range("load", system.load, low=0.0, low_open=True, high=1.0, high_open=True)
+    try:
+        system.batch_shape
+    except ValueError as err:
+        raise ValueError(f"the System's batch axes do not broadcast together: {err}") from None
+
+
+def _config_mesh(batch: int) -> jax.sharding.Mesh | None:
+    """A 1-d mesh over all visible devices for the configuration axis, if it divides evenly."""
+    devices = jax.devices()
+    if len(devices) == 1 or batch % len(devices):
+        return None
+    return jax.sharding.Mesh(np.array(devices), ("config",))
+
+
+def _as_key(key) -> jax.Array:
+    if isinstance(key, (int, np.integer)):
+        return jax.random.key(int(key))
+    return key
+
+
+def _replica_keys(key, seeds, replicas) -> jax.Array:
+    """(batch, R) keys: one per configuration seed and replica, independent of the batch."""
+    per_seed = jax.vmap(lambda s: jax.random.fold_in(key, s))(seeds)
+    return jax.vmap(lambda k: jax.vmap(lambda r: jax.random.fold_in(k, r))(
+        jnp.arange(replicas)))(per_seed)
+
+
+def sample_chunk(system: System, key: jax.Array, chunk_index, size: int) -> Chunk:
+    """C arrivals for one (configuration, replica); each stream has its own key, so two
+    policies with the same seed see the same jobs."""
+    def stream(s):
+        return jax.random.fold_in(jax.random.fold_in(key, s), chunk_index)
+
+    sizes = system.service.sample(stream(_STREAM_SIZES), (size,))
+    return Chunk(
+        gap=system.arrivals.gaps(stream(_STREAM_ARRIVALS), (size,), system.rate()),
+        size=sizes,
+        prediction=system.predictor.predict(stream(_STREAM_PREDICTIONS), sizes),
+    )
+
+
+@partial(jax.jit, static_argnums=(0, 1), donate_argnums=4)
+def _advance(spec: EngineSpec, mesh: jax.sharding.Mesh | None, system: System, keys: jax.Array,
+             state: QueueState, chunk_index: jax.Array) -> QueueState:
+    """Run one chunk for every (configuration, replica). With several devices each one runs its
+    share of configurations in its own loop (shard_map), with no communication between them."""
+    def one(system, key, state):
+        chunk = sample_chunk(system, key, chunk_index, spec.chunk)
+        return run_chunk(spec, system.policy, system.service.mean(), chunk, state)
+
+    over_batch = jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)))
+    if mesh is None:
+        return over_batch(system, keys, state)
+    spec_ = jax.sharding.PartitionSpec("config")
+    return jax.shard_map(over_batch, mesh=mesh, in_specs=spec_, out_specs=spec_, check_vma=False)(
+        system, keys, state)
+
+
+def _summarise(spec, system, state, shape, replicas, seconds, chunks) -> Result:
+    m = jax.tree_util.tree_map(np.asarray, state.metrics)
+    f64 = lambda k: np.asarray(k.total, np.float64) - np.asarray(k.carry, np.float64)  # noqa: E731
+    count = m.count.astype(np.float64)  # (batch, R)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_replica = f64(m.response) / count
+        mean = f64(m.response).sum(1) / count.sum(1)
+        stderr = (per_replica.std(1, ddof=1) / np.sqrt(replicas) if replicas > 1
+                  else np.full(mean.shape, np.nan))
+        slowdown = f64(m.slowdown).sum(1) / count.sum(1)
+        bucket_jobs = m.bucket_count.sum(1)
+        bucket_mean = f64(m.bucket_response).sum(1) / bucket_jobs
+        window = f64(m.window_time).sum(1)
+        util = f64(m.busy_time).sum(1) / window
+        number = f64(m.number_area).sum(1) / window
+    mean_size = np.asarray(system.service.mean(), np.float64)
+    qs = histogram_quantiles(m.histogram.sum(1), QUANTILES, mean_size)
+    unfinished = spec.jobs - np.asarray(state.finished)
+
+    def s(a):
+        return np.reshape(a, shape + np.shape(a)[1:])
+
+    return Result(
+        mean_response_time=s(mean), stderr=s(stderr), mean_slowdown=s(slowdown),
+        p50=s(qs[:, 0]), p90=s(qs[:, 1]), p99=s(qs[:, 2]),
+        bucket_edges=np.asarray(spec.bucket_edges),
+        bucket_mean_response_time=s(bucket_mean), bucket_jobs=s(bucket_jobs),
+        utilisation=s(util), mean_number_in_system=s(number),
+        jobs=s(count.sum(1).astype(np.int64)),
+        overflow=s(np.asarray(state.overflow).sum(1)),
+        max_in_system=s(np.asarray(state.max_in_system).max(1)),
+        unfinished=s(unfinished.sum(1)),
+        replica_mean_response_time=s(per_replica),
+        quantile_resolution=quantile_resolution(spec.histogram_bins),
+        seconds=seconds, chunks=chunks)
+
+
+def _report_problems(result: Result, capacity: int, on_overflow: str):
+    overflowed = int(np.count_nonzero(result.overflow))
+    if overflowed and on_overflow != "ignore":
+        msg = (f"{overflowed} of {result.overflow.size} configurations had more jobs in system than "
+               f"the {capacity} job slots ({int(result.overflow.sum())} arrivals dropped), so their "
+               f"results are biased. Raise the capacity: simulate(..., capacity={4 * capacity}) or "
+               f"--capacity {4 * capacity} on the command line.")
+        if on_overflow == "raise":
+            raise CapacityError(msg)
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    stuck = int(np.count_nonzero(result.unfinished))
+    if stuck:
+        warnings.warn(
+            f"{stuck} configurations stopped after {result.chunks} chunks with "
+            f"{int(result.unfinished.sum())} measured jobs still in system; their means leave those "
+            f"jobs out. Is the load too close to 1? Raise max_chunks to run longer.",
+            RuntimeWarning, stacklevel=3)
+
+
+def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | None = None):
+    """Run the engine on a given list of jobs and return each job's departure time.
+
+    The exact engine on a finite trace (no further arrivals after the last one; the system drains),
+    for checking against hand-computed instances and a reference implementation. Arrival times
+    must be non-decreasing; predictions default to the true sizes.
+    """
+    arrival_times = np.asarray(arrival_times, dtype=np.float64)
+    sizes = np.asarray(sizes, dtype=np.float64)
+    predictions = sizes if predictions is None else np.asarray(predictions, dtype=np.float64)
+    n = arrival_times.shape[0]
+    if n == 0 or sizes.shape != (n,) or predictions.shape != (n,):
+        raise ValueError("arrival_times, sizes and predictions must be 1-d arrays of one length >= 1")
+    if np.any(np.diff(arrival_times) < 0) or arrival_times[0] < 0:
+        raise ValueError("arrival_times must be non-negative and non-decreasing")
+    check_range("sizes", sizes, low=0.0, low_open=True, high=np.inf)
+    check_range("predictions", predictions, low=0.0, high=np.inf)
+    spec = EngineSpec(capacity=capacity or n, chunk=n, warmup=0, jobs=n, finite_horizon=True,
+                      bucket_edges=DEFAULT_SIZE_BUCKETS, histogram_bins=1, record_jobs=n)
+    gaps = np.diff(arrival_times, prepend=0.0)
+    state = _trace(spec, policy, Chunk(jnp.asarray(gaps, float), jnp.asarray(sizes, float),
+                                       jnp.asarray(predictions, float)))
+    if int(state.overflow):
+        raise CapacityError(f"trace needs more than capacity={capacity} slots")
+    return arrival_times + np.asarray(state.responses, np.float64)
+
+
+@partial(jax.jit, static_argnums=0)
+def _trace(spec, policy, chunk):
+    return run_chunk(spec, policy, jnp.asarray(1.0, float), chunk, init_state(spec))

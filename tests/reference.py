@@ -1,0 +1,254 @@
+"""Reference simulator: a slow, exact, plain-Python single-server queue on a given list of jobs.
+
+The fast JAX engine is tested against this file, so it is written to be checked by reading, not to
+be fast. The rank of every policy is copied from jaxq/policies.py (see `_Policy.rank` below); the rules of
+the server are:
+
+1. One work-conserving server. The jobs in the system are ranked by (primary, tiebreak, locked).
+2. A locked job is served alone, ahead of everything (at most one job can ever be locked: a job
+   locks only while it is being served, and a locked job is served until it departs).
+3. Otherwise, if the policy "shares" (its slope d(primary)/d(attained) is > 0 and it does not lock
+   started jobs: las, and linear with preemptive=True and w_attained > w_remaining), every job
+   whose primary equals the smallest primary is served, each at rate 1 / (size of that group).
+   The group's common primary rises at rate slope / |group| and catches up with waiting jobs,
+   which then join it (a "merge" event).
+4. Otherwise the single job with the lexicographically smallest (primary, tiebreak) is served.
+
+Between events nothing changes who is served: with slope <= 0 a served job only gets better
+relative to the waiting ones, the age term grows at the same rate for everyone, and with slope > 0
+the merge events are exactly the moments a waiting job's primary meets the group's. So the loop is:
+at the current time, decide who is served (rules 2-4) from the current state; compute the time to
+the next event (next arrival, next completion in the served set, next merge); advance everybody by
+that much; record departures, admit arrivals; repeat.
+
+Arithmetic is exact: every input float is converted to a `fractions.Fraction` (exactly, since a
+float is a dyadic rational), and all of the above is done in rationals. So there is no tolerance
+anywhere: a completion is `remaining == 0`, a merge is `primary == group primary`, a tie is a tie.
+Departure times are rounded to float only when returned by `departures`; `departures_exact`
+returns the Fractions themselves.
+
+The order "departures, then merges, then arrivals" for simultaneous events is implied: each of
+them only updates the set of jobs present (or, for a merge, nothing at all: a merge is just the
+moment two primaries become equal), and who is served next is decided from the state after all of
+them. So an arrival whose primary equals the group's joins the group; one strictly below preempts
+the whole group; a job that departs at the instant another arrives is gone when the next job is
+chosen.
+
+Edge cases the policy file does not spell out, resolved here:
+
+* A job of size 0 departs at its arrival time, whether or not it would have been chosen to serve
+  (its remaining work is already 0).
+* sprpt-limited rejects negative predictions (a waiting job would be "locked" at a = 0 > c * y).
+* Locks use the strict inequalities of policies.py: sprpt-limited locks when a > c * y, so at the
+  very instant a == c * y the job can still be preempted by an arrival; non-preemptive policies
+  lock when a > 0, so a job that has not received any service yet is not locked.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+import math
+from typing import NamedTuple
+
+POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
+                "onebit", "linear")
+
+# Parameter names and defaults, the same as the constructors in jaxq/policies.py.
+DEFAULT_PARAMS = {
+    "sprpt-limited": {"c": 0.5},
+    "onebit": {"threshold": 1.0, "preemptive": False},
+    "linear": {"w_prediction": 0.0, "w_remaining": 1.0, "w_attained": 0.0, "w_age": 0.0,
+               "preemptive": True},
+}
+
+
+def _exact(name, value) -> Fraction:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return Fraction(value)  # exact: every finite float is a dyadic rational
+
+
+class Rank(NamedTuple):
+    primary: Fraction
+    tiebreak: int
+    locked: bool
+
+
+class _Policy:
+    """A policy name with its parameters, as exact numbers."""
+
+    def __init__(self, name: str, params: dict):
+        if name not in POLICY_NAMES:
+            raise ValueError(f"unknown policy {name!r}; valid: {', '.join(POLICY_NAMES)}")
+        defaults = DEFAULT_PARAMS.get(name, {})
+        unknown = set(params) - set(defaults)
+        if unknown:
+            raise ValueError(f"policy {name!r} takes no parameter(s) {sorted(unknown)}")
+        p = {**defaults, **params}
+        self.name = name
+        self.preemptive = bool(p.get("preemptive", True))
+        if name == "sprpt-limited":
+            self.c = _exact("c", p["c"])
+            if not 0 <= self.c <= 1:
+                raise ValueError(f"c must lie in [0, 1], got {float(self.c)}")
+        if name == "onebit":
+            self.threshold = _exact("threshold", p["threshold"])
+            if self.threshold < 0:
+                raise ValueError(f"threshold must be >= 0, got {float(self.threshold)}")
+        if name == "linear":
+            self.w_prediction = _exact("w_prediction", p["w_prediction"])
+            self.w_remaining = _exact("w_remaining", p["w_remaining"])
+            self.w_attained = _exact("w_attained", p["w_attained"])
+            self.w_age = _exact("w_age", p["w_age"])
+
+    def rank(self, x: Fraction, y: Fraction, a: Fraction, age: Fraction, index: int) -> Rank:
+        """The rank of one job: a line-by-line copy of the `rank` methods in jaxq/policies.py."""
+        started = a > 0
+        name = self.name
+        if name == "fcfs":
+            return Rank(Fraction(0), index, False)
+        if name == "las":
+            return Rank(a, index, False)
+        if name == "sjf":
+            return Rank(x, index, started)
+        if name == "psjf":
+            return Rank(x, index, False)
+        if name == "srpt":
+            return Rank(x - a, index, False)
+        if name == "spjf":
+            return Rank(y, index, started)
+        if name == "pspjf":
+            return Rank(y, index, False)
+        if name == "sprpt":
+            return Rank(y - a, index, False)
+        if name == "sprpt-limited":
+            return Rank(y - a, index, a > self.c * y)
+        if name == "onebit":
+            short = y < self.threshold
+            tiebreak = -index if (short and self.preemptive) else index
+            return Rank(Fraction(0) if short else Fraction(1), tiebreak,
+                        started and not self.preemptive)
+        if name == "linear":
+            primary = (self.w_prediction * y + self.w_remaining * (y - a) + self.w_attained * a
+                       + self.w_age * age)
+            return Rank(primary, index, started and not self.preemptive)
+        raise AssertionError(name)
+
+    def slope(self) -> Fraction:
+        """d(primary)/d(attained) for an unlocked job, as in jaxq/policies.py."""
+        if self.name == "las":
+            return Fraction(1)
+        if self.name in ("srpt", "sprpt", "sprpt-limited"):
+            return Fraction(-1)
+        if self.name == "linear":
+            return self.w_attained - self.w_remaining
+        return Fraction(0)
+
+    def shares(self) -> bool:
+        """Whether jobs tied at the lowest primary share the server (rule 3 of the module doc).
+
+        Only with a positive slope; and not for linear with preemptive=False, where the job that
+        starts first (lowest tiebreak) is locked at once, so a group can never form."""
+        locks_started = self.name == "linear" and not self.preemptive
+        return self.slope() > 0 and not locks_started
+
+
+def departures_exact(policy: str, arrival_times, sizes, predictions, **params) -> list[Fraction]:
+    """Like `departures`, but returns the exact departure times as Fractions."""
+    pol = _Policy(policy, params)
+    arrival = [_exact("arrival time", v) for v in arrival_times]
+    size = [_exact("size", v) for v in sizes]
+    pred = [_exact("prediction", v) for v in predictions]
+    n = len(arrival)
+    if not (len(size) == n and len(pred) == n):
+        raise ValueError("arrival_times, sizes and predictions must have the same length")
+    if any(arrival[i] > arrival[i + 1] for i in range(n - 1)):
+        raise ValueError("arrival_times must be non-decreasing")
+    if any(s < 0 for s in size):
+        raise ValueError("sizes must be >= 0")
+    if policy == "sprpt-limited" and any(y < 0 for y in pred):
+        # a > c * y would hold at a = 0: a job would be locked before it ever started
+        raise ValueError("sprpt-limited needs predictions >= 0")
+
+    slope = pol.slope()
+    shares = pol.shares()
+    attained = [Fraction(0)] * n
+    departure: list[Fraction | None] = [None] * n
+    present: list[int] = []  # indices of the jobs in the system, in arrival order
+    next_arrival = 0  # index of the next job to arrive
+    t = Fraction(0)
+
+    def rank(i: int) -> Rank:
+        return pol.rank(size[i], pred[i], attained[i], t - arrival[i], i)
+
+    while True:
+        # Admit the jobs arriving now (or, when idle, jump to the next arrival: work conservation).
+        if not present and next_arrival < n:
+            t = max(t, arrival[next_arrival])
+        while next_arrival < n and arrival[next_arrival] <= t:
+            present.append(next_arrival)
+            next_arrival += 1
+        # Departures: every job whose remaining work is 0 leaves now.
+        for i in present:
+            if attained[i] == size[i]:
+                departure[i] = t
+        present = [i for i in present if departure[i] is None]
+        if not present:
+            if next_arrival == n:
+                break
+            continue
+
+        # Who is served now (rules 2-4 of the module docstring).
+        ranks = {i: rank(i) for i in present}
+        locked = [i for i in present if ranks[i].locked]
+        if locked:
+            assert len(locked) == 1, f"more than one locked job at t={float(t)}: {locked}"
+            served = locked
+        elif shares:
+            best = min(ranks[i].primary for i in present)
+            served = [i for i in present if ranks[i].primary == best]
+        else:
+            served = [min(present, key=lambda i: (ranks[i].primary, ranks[i].tiebreak))]
+        k = len(served)  # each served job gets service at rate 1 / k
+
+        # Time to the next event.
+        candidates = []
+        if next_arrival < n:
+            candidates.append(arrival[next_arrival] - t)
+        candidates.append(min(size[i] - attained[i] for i in served) * k)  # a completion
+        if shares and not locked:
+            # The group's primary rises at rate slope / k; a waiting job's stays put (relative to
+            # the group: the age term rises at the same rate for both). All waiting primaries are
+            # strictly above the group's, since the group holds every job at the minimum.
+            group_primary = ranks[served[0]].primary
+            for w in present:
+                if w not in served:
+                    gap = ranks[w].primary - group_primary
+                    assert gap > 0
+                    candidates.append(gap * k / slope)
+        dt = min(candidates)
+        assert dt > 0
+
+        # Advance: served jobs get dt / k of service each; everyone ages by dt (through t).
+        for i in served:
+            attained[i] += dt / k
+            assert attained[i] <= size[i]
+        t += dt
+
+    return departure  # type: ignore[return-value]
+
+
+def departures(policy: str, arrival_times, sizes, predictions, **params) -> list[float]:
+    """Departure time of each job, in input order.
+
+    policy: one of POLICY_NAMES. params: c (sprpt-limited); threshold, preemptive (onebit);
+    w_prediction, w_remaining, w_attained, w_age, preemptive (linear); defaults as in
+    jaxq/policies.py. arrival_times must be non-decreasing; job i's arrival index is i. After the
+    last given arrival no more jobs come and the system drains.
+    """
+    return [float(d) for d in departures_exact(policy, arrival_times, sizes, predictions,
+                                               **params)]
+
+
+__all__ = ["departures", "departures_exact", "POLICY_NAMES", "DEFAULT_PARAMS"]
