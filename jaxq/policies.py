@@ -65,6 +65,9 @@ def _started(jobs: JobView) -> jax.Array:
 class Policy(eqx.Module):
     name: ClassVar[str]
     uses_true_size: ClassVar[bool] = False
+    # Whether slope() can be positive, so that jobs may come to share the server. Policies that
+    # never share take a cheaper path through the engine.
+    may_share: ClassVar[bool] = False
 
     def rank(self, jobs: JobView) -> Rank:
         raise NotImplementedError
@@ -86,6 +89,7 @@ class LAS(Policy):
     """Least attained service (foreground-background): rank a; ties share the server."""
 
     name: ClassVar[str] = "las"
+    may_share: ClassVar[bool] = True
 
     def rank(self, jobs):
         return _rank(jobs, jobs.attained)
@@ -214,6 +218,7 @@ class Linear(Policy):
     """
 
     name: ClassVar[str] = "linear"
+    may_share: ClassVar[bool] = True
     w_prediction: jax.Array
     w_remaining: jax.Array
     w_attained: jax.Array

@@ -58,6 +58,7 @@ class QueueState(NamedTuple):
     arrived: jax.Array  # () int32, jobs that have arrived (= index of the next one)
     finished: jax.Array  # () int32, measured jobs that departed or were dropped
     overflow: jax.Array  # () int32, arrivals dropped because all K slots were full
+    number: jax.Array  # () int32, jobs in system now
     max_in_system: jax.Array  # () int32, largest number in system seen
     metrics: Accumulators
     responses: jax.Array  # (record_jobs,) response time of each job (traces only), NaN if none
@@ -80,7 +81,7 @@ def init_state(spec: EngineSpec) -> QueueState:
     zi = jnp.zeros((), jnp.int32)
     return QueueState(
         slots=slots, since_arrival=jnp.zeros((), float), arrived=zi, finished=zi, overflow=zi,
-        max_in_system=zi,
+        number=zi, max_in_system=zi,
         metrics=Accumulators.zeros(len(spec.bucket_edges) + 1, spec.histogram_bins),
         responses=jnp.full((spec.record_jobs,), jnp.nan, dtype=float))
 
@@ -112,6 +113,44 @@ def _lexicographic_argmin(mask, primary, tiebreak):
     return jnp.minimum(_first(tied & (t == jnp.min(t))), mask.shape[-1] - 1)
 
 
+class _Service(NamedTuple):
+    """Who is served now and when the next departure or merge would happen."""
+
+    served: jax.Array  # (K,) bool
+    n_served: jax.Array  # () int32
+    group: jax.Array  # () int32 label of the served group
+    leaving: jax.Array  # () int32 slot of the served job with least remaining work
+    dt_done: jax.Array  # () time to its departure (inf if idle)
+    dt_merge: jax.Array  # () time until the served group catches up with a waiting job (or inf)
+    next_group: jax.Array  # () int32 label of the group it would catch up with
+
+
+def _who_is_served(policy: Policy, s: Slots, primary, rank) -> _Service:
+    """The best job, by (primary, tiebreak), and, for policies whose rank rises with service,
+    every job sharing its group label; they share the server equally."""
+    anyone = jnp.any(s.present)
+    best = _lexicographic_argmin(s.present, primary, rank.tiebreak)
+    remaining = s.size - s.attained
+    if not policy.may_share:
+        # One job at a time and nothing to catch up with: the cheap path for most policies.
+        served = (jnp.arange(s.present.shape[0]) == best) & anyone
+        return _Service(served, anyone.astype(jnp.int32), s.group[best], best,
+                        jnp.where(anyone, remaining[best], jnp.inf), jnp.asarray(jnp.inf, float),
+                        s.group[best])
+    served = s.present & (s.group == s.group[best]) & anyone
+    n_served = jnp.sum(served, dtype=jnp.int32)
+    leaving = _argmin(remaining, served)
+    dt_done = jnp.where(anyone, remaining[leaving] * n_served, jnp.inf)
+    slope = policy.slope()
+    others = s.present & ~served
+    waiting_best = _lexicographic_argmin(others, primary, rank.tiebreak)
+    catch_up = jnp.maximum(primary[waiting_best] - primary[best], 0.0)
+    dt_merge = jnp.where((slope > 0) & jnp.any(others) & ~rank.locked[best],
+                         catch_up * n_served / jnp.where(slope > 0, slope, 1.0), jnp.inf)
+    return _Service(served, n_served, s.group[best], leaving, dt_done, dt_merge,
+                    s.group[waiting_best])
+
+
 # Measured response times are buffered in batches of this many before they go into the histogram.
 HISTOGRAM_BATCH = 32
 
@@ -131,22 +170,8 @@ def _step(spec: EngineSpec, policy: Policy, bucket_edges, chunk: Chunk, carry: _
     rank = policy.rank(view)
     primary = jnp.where(rank.locked, -jnp.inf, rank.primary)
 
-    # Who is served: the best job and every job sharing its label.
-    anyone = jnp.any(s.present)
-    best = _lexicographic_argmin(s.present, primary, rank.tiebreak)
-    served = s.present & (s.group == s.group[best]) & anyone
-    n_served = jnp.sum(served)
-    share = served / jnp.maximum(n_served, 1)
-
-    # Time to each kind of event.
-    remaining = s.size - s.attained
-    dt_done = jnp.where(anyone, jnp.min(jnp.where(served, remaining, jnp.inf)) * n_served, jnp.inf)
-    slope = policy.slope()
-    others = s.present & ~served
-    catch_up = jnp.min(jnp.where(others, primary, jnp.inf)) - primary[best]
-    dt_merge = jnp.where((slope > 0) & jnp.any(others) & ~rank.locked[best],
-                         jnp.maximum(catch_up, 0.0) * n_served / jnp.where(slope > 0, slope, 1.0),
-                         jnp.inf)
+    sv = _who_is_served(policy, s, primary, rank)
+    share = sv.served / jnp.maximum(sv.n_served, 1)
     arrivals_open = ptr < spec.chunk
     if spec.finite_horizon:
         arrivals_open &= state.arrived < spec.warmup + spec.jobs
@@ -155,20 +180,21 @@ def _step(spec: EngineSpec, policy: Policy, bucket_edges, chunk: Chunk, carry: _
 
     # A configuration with no work left in this chunk takes no step (it idles while others run).
     work = _has_work(spec, state, ptr)
+    dt_done, dt_merge = sv.dt_done, sv.dt_merge
     is_done = work & (dt_done <= dt_merge) & (dt_done <= dt_arrive) & jnp.isfinite(dt_done)
     is_merge = work & ~is_done & (dt_merge <= dt_arrive) & jnp.isfinite(dt_merge)
     is_arrival = work & ~is_done & ~is_merge & jnp.isfinite(dt_arrive)
-    dt = jnp.where(is_done, dt_done, jnp.where(is_merge, dt_merge, jnp.where(is_arrival, dt_arrive, 0.0)))
+    dt = jnp.where(is_done, dt_done,
+                   jnp.where(is_merge, dt_merge, jnp.where(is_arrival, dt_arrive, 0.0)))
 
     # Advance time by dt. The measurement window runs from the arrival of job W to that of W+N.
-    number = jnp.sum(s.present)
     in_window = (state.arrived > spec.warmup) & (state.arrived <= spec.warmup + spec.jobs)
-    metrics = state.metrics.record_interval(in_window, dt, number, n_served > 0)
+    metrics = state.metrics.record_interval(in_window, dt, state.number, sv.n_served > 0)
     attained = s.attained + share * dt
     age = jnp.where(s.present, s.age + dt, s.age)
 
     # Departure: the served job with least remaining work.
-    leaving = _argmin(remaining, served)
+    leaving = sv.leaving
     leave_index = s.index[leaving]
     measured = is_done & (leave_index >= spec.warmup) & (leave_index < spec.warmup + spec.jobs)
     metrics = metrics.record_departure(measured, age[leaving], s.size[leaving], bucket_edges)
@@ -177,9 +203,7 @@ def _step(spec: EngineSpec, policy: Policy, bucket_edges, chunk: Chunk, carry: _
     present = s.present & ~((jnp.arange(spec.capacity) == leaving) & is_done)
 
     # Merge: the best waiting job's whole group joins the served group.
-    waiting_best = _lexicographic_argmin(others, primary, rank.tiebreak)
-    joins = is_merge & s.present & (s.group == s.group[waiting_best])
-    group = jnp.where(joins, s.group[best], s.group)
+    group = jnp.where(is_merge & s.present & (s.group == sv.next_group), sv.group, s.group)
 
     # Arrival: job ptr of the chunk takes the first free slot, or is dropped if there is none.
     free = _first(~present)
@@ -205,13 +229,15 @@ def _step(spec: EngineSpec, policy: Policy, bucket_edges, chunk: Chunk, carry: _
         responses = responses.at[jnp.where(is_done, leave_index, spec.record_jobs)].set(
             age[leaving], mode="drop")
 
+    number = state.number + admit - is_done
     new_state = QueueState(
         slots=slots,
         since_arrival=jnp.where(is_arrival, 0.0, state.since_arrival + dt),
         arrived=state.arrived + is_arrival,
         finished=state.finished + measured + (dropped & arrived_measured),
         overflow=state.overflow + dropped,
-        max_in_system=jnp.maximum(state.max_in_system, jnp.sum(slots.present, dtype=jnp.int32)),
+        number=number,
+        max_in_system=jnp.maximum(state.max_in_system, number),
         metrics=metrics,
         responses=responses,
     )

@@ -27,7 +27,7 @@ depend on how many). The mean response times (± one standard error over configu
 jaxq, Python and SimPy simulate the same system (about 5.1-5.3; a few percent lower at short runs,
 since every run starts empty).
 
-    python scripts/bench_queue.py            # the table, about two minutes on 2 cores
+    python scripts/bench_queue.py            # the table, under a minute on 2 cores
     python scripts/bench_queue.py --quick    # smoke run, tiny sizes
     python scripts/bench_queue.py --json     # one JSON object instead of the table
 """
