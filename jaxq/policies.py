@@ -75,6 +75,11 @@ class Policy(eqx.Module):
     def slope(self) -> jax.Array:
         return jnp.asarray(0.0)
 
+    def shares(self) -> jax.Array:
+        """Whether jobs whose ranks meet share the server: the rank rises with service and a
+        started job is not locked."""
+        return self.slope() > 0
+
 
 class FCFS(Policy):
     """First come, first served."""
@@ -246,6 +251,10 @@ class Linear(Policy):
     def slope(self):
         # The age term grows at the same rate for every job, so it never changes the order.
         return self.w_attained - self.w_remaining
+
+    def shares(self):
+        # Non-preemptive: a started job is locked and served alone, whatever the slope.
+        return (self.slope() > 0) & self.preemptive
 
 
 POLICIES: dict[str, type[Policy]] = {

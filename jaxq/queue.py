@@ -145,7 +145,7 @@ def _who_is_served(policy: Policy, s: Slots, primary, rank) -> _Service:
     others = s.present & ~served
     waiting_best = _lexicographic_argmin(others, primary, rank.tiebreak)
     catch_up = jnp.maximum(primary[waiting_best] - primary[best], 0.0)
-    dt_merge = jnp.where((slope > 0) & jnp.any(others) & ~rank.locked[best],
+    dt_merge = jnp.where(policy.shares() & jnp.any(others) & ~rank.locked[best],
                          catch_up * n_served / jnp.where(slope > 0, slope, 1.0), jnp.inf)
     return _Service(served, n_served, s.group[best], leaving, dt_done, dt_merge,
                     s.group[waiting_best])
@@ -171,7 +171,7 @@ def _step(spec: EngineSpec, policy: Policy, bucket_edges, chunk: Chunk, carry: _
     primary = jnp.where(rank.locked, -jnp.inf, rank.primary)
 
     sv = _who_is_served(policy, s, primary, rank)
-    share = sv.served / jnp.maximum(sv.n_served, 1)
+    share = sv.served / jnp.maximum(sv.n_served, 1).astype(float)
     arrivals_open = ptr < spec.chunk
     if spec.finite_horizon:
         arrivals_open &= state.arrived < spec.warmup + spec.jobs

@@ -181,6 +181,20 @@ def _finish_edges(t, exact=()):
     return np.concatenate(pieces)
 
 
+def _grade_below(edges, top, levels=24):
+    """Add edges at top - h 2^-k below `top` (h: the panel width there).
+
+    Near the top of a bounded support rho(v) reaches its maximum with a nonzero slope, so
+    1/(1 - rho(v)) has a pole at distance ~(1 - rho) / rho'(top) beyond it: geometric panels toward
+    the end keep Gauss-Legendre exponentially convergent however close the load is to 1."""
+    i = np.searchsorted(edges, top)
+    if i == 0:
+        return edges
+    h = top - edges[i - 1]
+    extra = top - h * 0.5 ** np.arange(1, levels + 1)
+    return np.unique(np.concatenate([edges, extra, [top]]))
+
+
 def _panel_nodes(edges):
     """Gauss-Legendre nodes and weights on the panels between consecutive edges (last axis)."""
     a = edges[..., :-1, None]
@@ -274,9 +288,15 @@ class _Continuous:
     atoms = False
 
     def _setup(self, edges, kinks=()):
-        self.edges = np.unique(np.asarray(edges, dtype=np.float64))
-        self.res = _local_res(self.edges)
+        edges = np.unique(np.asarray(edges, dtype=np.float64))
+        self.res = _local_res(edges)
         self.kinks = np.asarray(kinks, dtype=np.float64)
+        if self.kinks.size and np.max(self.kinks) >= edges[-1] - 1e-12:
+            # bounded support: rho_<(x) reaches rho at the top with a nonzero slope (see _grade_below)
+            graded = _grade_below(edges, float(edges[-1]))
+            self.res = np.interp(graded, edges, self.res)
+            edges = graded
+        self.edges = edges
         self.t_lo, self.t_hi = float(self.edges[0]), float(self.edges[-1])
 
     def pm(self, k, t, strict=True):  # E[X^k 1{X < t}]; strictness is immaterial with a density
@@ -826,6 +846,21 @@ def _s_sets(mult, spec):
     return np.concatenate(e), np.concatenate(r), np.unique(np.concatenate(k))
 
 
+def _support_top(law, mult):
+    """log of the largest value of Y = X M when both laws are bounded above, else None."""
+    x_top = float(np.max(law.kinks)) if law.kinks.size else None
+    if law.atoms is False and x_top is not None and x_top < law.t_hi - 1e-12:
+        x_top = None  # a kink that is not the upper end of the support
+    if x_top is None:
+        return None
+    if mult is None:
+        return x_top
+    m_top = float(np.max(mult.kinks)) if mult.kinks.size else None
+    if m_top is None or m_top < float(np.max(mult.edges)) - 1e-12:
+        return None
+    return x_top + m_top
+
+
 def _noisy_grid(m, spec):
     """Panel edges (log v) for the outer integral over the prediction value v.
 
@@ -842,12 +877,17 @@ def _noisy_grid(m, spec):
             cand = (xa[:, None] + e_s[None, :]).ravel()
             res = np.broadcast_to(r_s, (xa.size, e_s.size)).ravel()
         else:
+            # a kink of one law shows the other law's fine structure unblurred
             cand = np.concatenate([(law.edges[:, None] + e_s[None, :]).ravel(),
-                                   (law.kinks[:, None] + e_s[None, :]).ravel()])
+                                   (law.kinks[:, None] + e_s[None, :]).ravel(),
+                                   (law.edges[:, None] + k_s[None, :]).ravel()])
             res = np.concatenate([np.maximum(law.res[:, None], r_s[None, :]).ravel(),
-                                  np.broadcast_to(r_s, (law.kinks.size, e_s.size)).ravel()])
+                                  np.broadcast_to(r_s, (law.kinks.size, e_s.size)).ravel(),
+                                  np.broadcast_to(law.res[:, None], (law.edges.size, k_s.size)).ravel()])
         exact = (law.kinks[:, None] + k_s[None, :]).ravel()
-        return _finish_edges(_thin(cand, res), exact)
+        edges = _finish_edges(_thin(cand, res), exact)
+        top = _support_top(law, m.mult)
+        return edges if top is None else _grade_below(edges, top)
     return m.cached(("grid", spec.kind, spec.c), build)
 
 
