@@ -64,36 +64,12 @@ class Accumulators(NamedTuple):
             window_time=Kahan.zeros(),
         )
 
-    def record_departure(self, measured, response, size, bucket_edges) -> "Accumulators":
-        """Add one departing job (a no-op where `measured` is False). The histogram is filled
-        separately, in batches (`record_histogram`), because a scatter into it on every event
-        costs a copy of the whole histogram."""
-        w = measured.astype(response.dtype)
-        bucket = jnp.searchsorted(bucket_edges, size, side="right")
-        hit = (jnp.arange(self.bucket_count.shape[0]) == bucket) & measured
-        return self._replace(
-            count=self.count + measured.astype(jnp.int32),
-            response=self.response.add(w * response),
-            slowdown=self.slowdown.add(w * response / size),
-            bucket_response=self.bucket_response.add(jnp.where(hit, response, 0.0)),
-            bucket_count=self.bucket_count + hit.astype(jnp.int32),
-        )
-
     def record_histogram(self, responses, valid, mean_size) -> "Accumulators":
         """Add a batch of response times (D,) to the histogram where `valid` (D,) holds."""
         nb = self.histogram.shape[0]
         pos = (jnp.log10(responses / mean_size) - LOG10_LOW) * (nb / HISTOGRAM_DECADES)
         bins = jnp.clip(jnp.floor(jnp.where(valid, pos, 0.0)), 0, nb - 1).astype(jnp.int32)
         return self._replace(histogram=self.histogram.at[bins].add(valid.astype(jnp.int32)))
-
-    def record_interval(self, in_window, dt, number, busy) -> "Accumulators":
-        """Add an interval of length dt with `number` jobs present and the server busy or not."""
-        w = jnp.where(in_window, dt, 0.0)
-        return self._replace(
-            number_area=self.number_area.add(w * number),
-            busy_time=self.busy_time.add(jnp.where(busy, w, 0.0)),
-            window_time=self.window_time.add(w),
-        )
 
 
 def histogram_edges(num_bins: int) -> np.ndarray:

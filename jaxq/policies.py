@@ -34,7 +34,10 @@ from jaxq._checks import check_range, check_nonnegative
 
 
 class JobView(NamedTuple):
-    """What a policy may look at, one entry per job slot (shape (K,) each)."""
+    """What a policy may look at, one entry per job slot: shape (K,) for one configuration, or
+    (K, B) when the engine runs a batch of B configurations at once. The policy's own parameters
+    then have shape (B,), so `rank` must combine fields and parameters elementwise (broadcasting),
+    as every policy here does."""
 
     size: jax.Array  # true size x (only oracle policies may read it)
     prediction: jax.Array  # predicted size y
@@ -44,9 +47,9 @@ class JobView(NamedTuple):
 
 
 class Rank(NamedTuple):
-    primary: jax.Array  # (K,) float
-    tiebreak: jax.Array  # (K,) int32
-    locked: jax.Array  # (K,) bool
+    primary: jax.Array  # (K,) or (K, B) float
+    tiebreak: jax.Array  # (K,) or (K, B) int32
+    locked: jax.Array  # (K,) or (K, B) bool
 
 
 def _rank(jobs: JobView, primary, *, locked=None, tiebreak=None) -> Rank:

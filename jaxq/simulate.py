@@ -177,11 +177,22 @@ def _advance(spec: EngineSpec, mesh: jax.sharding.Mesh | None, system: System, k
              state: QueueState, chunk_index: jax.Array) -> QueueState:
     """Run one chunk for every (configuration, replica). With several devices each one runs its
     share of configurations in its own loop (shard_map), with no communication between them."""
-    def one(system, key, state):
-        chunk = sample_chunk(system, key, chunk_index, spec.chunk)
-        return run_chunk(spec, system.policy, system.service.mean(), chunk, state)
+    def over_batch(system, keys, state):
+        # (configurations, R) -> one flat batch of B = configurations * R for the engine
+        batch, replicas = keys.shape
+        flat = lambda a: jnp.reshape(a, (batch * replicas,) + a.shape[2:])  # noqa: E731
+        per_replica = jax.tree_util.tree_map(
+            lambda leaf: flat(jnp.broadcast_to(leaf[:, None], (batch, replicas) + leaf.shape[1:])),
+            system)
+        keys = flat(keys)
+        chunk = jax.vmap(lambda s, k: sample_chunk(s, k, chunk_index, spec.chunk))(per_replica,
+                                                                                  keys)
+        mean_size = jax.vmap(lambda s: s.service.mean())(per_replica)
+        state = run_chunk(spec, per_replica.policy, mean_size, chunk,
+                          jax.tree_util.tree_map(flat, state))
+        return jax.tree_util.tree_map(
+            lambda a: jnp.reshape(a, (batch, replicas) + a.shape[1:]), state)
 
-    over_batch = jax.vmap(jax.vmap(one, in_axes=(None, 0, 0)))
     if mesh is None:
         return over_batch(system, keys, state)
     spec_ = jax.sharding.PartitionSpec("config")
@@ -274,4 +285,6 @@ def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | Non
 
 @partial(jax.jit, static_argnums=0)
 def _trace(spec, policy, chunk):
-    return run_chunk(spec, policy, jnp.asarray(1.0, float), chunk, init_state(spec))
+    one = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], tree)  # noqa: E731
+    state = run_chunk(spec, one(policy), jnp.ones((1,), float), one(chunk), one(init_state(spec)))
+    return jax.tree_util.tree_map(lambda a: a[0], state)
