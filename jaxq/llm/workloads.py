@@ -1,0 +1,183 @@
+"""LLM request workloads: synthetic presets and trace files.
+
+A request is an arrival time, a prompt of P tokens and an output of O tokens (hidden from the
+scheduler), optionally with a predicted output length given by the trace.
+
+Synthetic presets are fitted to the public Azure LLM inference traces (2023): token counts are
+lognormal, log P ~ N(mu, sigma^2), rounded to the nearest integer and at least 1.
+
+    preset               prompt mu / sigma   output mu / sigma   arrivals
+    azure-conversation   6.633 / 0.985       5.019 / 0.859       Poisson, about 5.5 requests/s
+    azure-code           6.999 / 1.360       2.788 / 0.847       bursty: gamma gaps, CV about 13
+
+Trace files (`read_trace`):
+
+* CSV with a header: `arrival_time,prompt_tokens,output_tokens[,predicted_output_tokens]`;
+* JSON lines as written by the vLLM benchmark: `{"arrival_time": .., "input_toks": ..,
+  "output_toks": ..}` per line (other keys are ignored; the CSV names are accepted too).
+
+Arrival times are seconds on the file's own clock (possibly wall-clock epochs), non-decreasing.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxq._checks import check_positive
+from jaxq.arrivals import Arrivals, Poisson, Renewal
+from jaxq.distributions import Distribution, Lognormal
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be read; the message names the file and the line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Trace:
+    """N requests in arrival order."""
+
+    arrival_time: np.ndarray  # (N,) float64 seconds on the file's clock, non-decreasing
+    prompt_tokens: np.ndarray  # (N,) int64 >= 1
+    output_tokens: np.ndarray  # (N,) int64 >= 1
+    predicted_output_tokens: np.ndarray | None  # (N,) float64 >= 0, if the file has them
+    source: str  # the file it was read from
+
+    def __len__(self) -> int:
+        return int(self.arrival_time.shape[0])
+
+
+_ALIASES = {"arrival_time": ("arrival_time",),
+            "prompt_tokens": ("prompt_tokens", "input_toks"),
+            "output_tokens": ("output_tokens", "output_toks"),
+            "predicted_output_tokens": ("predicted_output_tokens",)}
+_REQUIRED = ("arrival_time", "prompt_tokens", "output_tokens")
+
+
+def _rows(path: str):
+    """(line number, dict) for each request in the file."""
+    if path.endswith((".jsonl", ".json")):
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise TraceError(f"{path}:{number}: not a JSON object ({err.msg})") from None
+                if not isinstance(row, dict):
+                    raise TraceError(f"{path}:{number}: not a JSON object")
+                yield number, row
+        return
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise TraceError(f"{path}: empty file; expected a header line "
+                             f"arrival_time,prompt_tokens,output_tokens[,predicted_output_tokens]")
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _field(path, number, row, name, required=True):
+    for key in _ALIASES[name]:
+        if key in row and row[key] not in (None, ""):
+            value = row[key]
+            break
+    else:
+        if not required:
+            return None
+        raise TraceError(f"{path}:{number}: missing column {name!r} "
+                         f"(accepted names: {', '.join(_ALIASES[name])})")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TraceError(f"{path}:{number}: {name} must be a number, got {value!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise TraceError(f"{path}:{number}: {name} must be finite and >= 0, got {value!r}")
+    return value
+
+
+def read_trace(path: str | os.PathLike) -> Trace:
+    """Read a request trace (CSV or JSON lines, see the module docstring), checking every line."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise TraceError(f"{path}: no such file")
+    times, prompts, outputs, predictions = [], [], [], []
+    for number, row in _rows(path):
+        t = _field(path, number, row, "arrival_time")
+        if times and t < times[-1]:
+            raise TraceError(f"{path}:{number}: arrival_time {t!r} is earlier than the line "
+                             f"before ({times[-1]!r}); arrival times must be non-decreasing")
+        tokens = []
+        for name in ("prompt_tokens", "output_tokens"):
+            v = _field(path, number, row, name)
+            if v < 1 or v != int(v):
+                raise TraceError(f"{path}:{number}: {name} must be an integer >= 1, got {v!r}")
+            tokens.append(int(v))
+        predicted = _field(path, number, row, "predicted_output_tokens", required=False)
+        if predictions and (predicted is None) != (predictions[-1] is None):
+            raise TraceError(f"{path}:{number}: predicted_output_tokens must be given on every "
+                             f"line or on none")
+        times.append(t)
+        prompts.append(tokens[0])
+        outputs.append(tokens[1])
+        predictions.append(predicted)
+    if not times:
+        raise TraceError(f"{path}: no requests")
+    return Trace(
+        arrival_time=np.asarray(times, dtype=np.float64),
+        prompt_tokens=np.asarray(prompts, dtype=np.int64),
+        output_tokens=np.asarray(outputs, dtype=np.int64),
+        predicted_output_tokens=(None if predictions[0] is None
+                                 else np.asarray(predictions, dtype=np.float64)),
+        source=path)
+
+
+def lognormal_tokens(mu: float, sigma: float) -> Lognormal:
+    """The lognormal law with log X ~ N(mu, sigma^2) (jaxq's Lognormal is set by its mean)."""
+    return Lognormal(sigma=sigma, mean=math.exp(mu + 0.5 * sigma**2))
+
+
+class LLMWorkload(eqx.Module):
+    """Synthetic requests: token counts from two laws (rounded, at least 1) and an arrival
+    process at `rate` requests per second. Fields are arrays, so a batch of workloads (say, a
+    sweep of rates) is one module with a leading batch axis."""
+
+    prompt: Distribution
+    output: Distribution
+    arrivals: Arrivals
+    rate: jax.Array  # () or (batch,) requests per second
+
+    def __check_init__(self):
+        check_positive("rate", self.rate)
+
+    def sample(self, key: jax.Array, n: int):
+        """(gaps, prompt tokens, output tokens), each (n,) float: the tokens are integers >= 1."""
+        k_gap, k_prompt, k_output = jax.random.split(key, 3)
+        tokens = lambda law, k: jnp.maximum(jnp.round(law.sample(k, (n,))), 1.0)  # noqa: E731
+        return (self.arrivals.gaps(k_gap, (n,), self.rate), tokens(self.prompt, k_prompt),
+                tokens(self.output, k_output))
+
+
+def _azure_conversation(rate=5.5):
+    return LLMWorkload(prompt=lognormal_tokens(6.633, 0.985),
+                       output=lognormal_tokens(5.019, 0.859), arrivals=Poisson(),
+                       rate=jnp.asarray(rate, dtype=float))
+
+
+def _azure_code(rate):
+    return LLMWorkload(prompt=lognormal_tokens(6.999, 1.360),
+                       output=lognormal_tokens(2.788, 0.847), arrivals=Renewal(cv=13.0),
+                       rate=jnp.asarray(rate, dtype=float))
+
+
+# name -> constructor taking the rate (requests/s); azure-conversation defaults to its trace's rate
+WORKLOADS = {"azure-conversation": _azure_conversation, "azure-code": _azure_code}
