@@ -65,7 +65,7 @@ def simulate(system: System, *, jobs: int, replicas: int = 8, warmup: int | None
              finite_horizon: bool = False, on_overflow: str = "raise",
              max_chunks: int | None = None,
              progress: Callable[[int, int], None] | None = None) -> Result:
-    """Simulate every configuration of `system` (vmapped) and summarise.
+    """Simulate every configuration of `system` (one compiled, batched call) and summarise.
 
     jobs: measured jobs per replica, after `warmup` (default jobs // 10) discarded ones.
     capacity: job slots per configuration; an arrival that finds them all full is dropped and
