@@ -207,7 +207,7 @@ def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, p: _I
     advanced inside the measurement window (also that time when busy, and times the number in
     system), and the response time, slowdown and size of a measured departure, with a 0/1 flag."""
     dtype = p.size.dtype
-    arrived, finished, number = p.counters[_ARRIVED], p.counters[_FINISHED], p.counters[_NUMBER]
+    arrived, number = p.counters[_ARRIVED], p.counters[_NUMBER]
     anyone = number > 0
     inf = jnp.full(anyone.shape, jnp.inf, dtype)
     ptr = arrived - start_arrived  # next job of the chunk to arrive
@@ -250,7 +250,7 @@ def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, p: _I
     dt_arrive = jnp.where(arrivals_open, jnp.maximum(gap - p.since_arrival, 0.0), inf)
 
     # A configuration with no work left in this chunk takes no step (it idles while others run).
-    work = _has_work(spec, finished, ptr, arrived)
+    work = _has_work(spec, p.counters, start_arrived)
     done = work & (dt_done <= dt_merge) & (dt_done <= dt_arrive) & jnp.isfinite(dt_done)
     merge = work & ~done & (dt_merge <= dt_arrive) & jnp.isfinite(dt_merge)
     arrival = work & ~done & ~merge & jnp.isfinite(dt_arrive)
@@ -320,14 +320,16 @@ def _apply(spec: EngineSpec, policy: Policy, p: _Inner, e: _Event) -> _Inner:
     )
 
 
-def _has_work(spec: EngineSpec, finished, ptr, arrived) -> jax.Array:
-    """(B,) whether each configuration has events to process before the next chunk is needed.
-    False once every measured job has departed (or was dropped): the configuration is then
-    frozen, so its result never depends on how long the others ran."""
-    more = ptr < spec.chunk
+def _has_work(spec: EngineSpec, counters, start_arrived) -> jax.Array:
+    """(B,) whether each configuration has events to process before the next chunk is needed
+    (the chunk's first job has index start_arrived). False once every measured job has departed
+    (or was dropped): the configuration is then frozen, so its result never depends on how long
+    the others ran."""
+    arrived = counters[_ARRIVED]
+    more = arrived - start_arrived < spec.chunk
     if spec.finite_horizon:
         more |= arrived >= spec.warmup + spec.jobs
-    return (finished < spec.jobs) & more
+    return (counters[_FINISHED] < spec.jobs) & more
 
 
 def _record_batch(metrics: Accumulators, records, active, bucket_edges,
@@ -352,8 +354,9 @@ def _record_batch(metrics: Accumulators, records, active, bucket_edges,
         busy_time=metrics.busy_time.add(jnp.sum(r[_W_BUSY])),
         window_time=metrics.window_time.add(jnp.sum(r[_W])),
     )
-    # The histogram (H,) is large: adding nothing leaves it unchanged, so no select over it.
-    histogram = metrics.record_histogram(response, measured & active, mean_size).histogram
+    # The histogram (H,) is large and an inactive configuration has nothing to add to it (no
+    # measured departures), so it is updated without a select.
+    histogram = metrics.record_histogram(response, measured, mean_size).histogram
     kept = jax.tree_util.tree_map(lambda new, old: jnp.where(active, new, old), updated, metrics)
     return kept._replace(histogram=histogram)
 
@@ -372,8 +375,7 @@ def run_chunk(spec: EngineSpec, policy: Policy, mean_size, chunk: Chunk,
     start_arrived = state.arrived
 
     def has_work(inner):
-        arrived = inner.counters[_ARRIVED]
-        return _has_work(spec, inner.counters[_FINISHED], arrived - start_arrived, arrived)
+        return _has_work(spec, inner.counters, start_arrived)
 
     def decide(inner):
         return _decide(spec, policy, chunk, start_arrived, inner)

@@ -3,7 +3,7 @@
 1. jaxq.trace against the exact reference (tests/reference.py) on random instances, for every
    policy and parameter setting, in float64; continuous instances and lattice instances (every
    value a multiple of 1/2, many exact ties).
-2. Hand-computed golden instances (copied from tests/test_reference.py).
+2. Hand-computed golden instances (tests/golden.py).
 3. simulate: determinism, vmapped == single, independence of the other configurations in a batch,
    one compilation per static shape, statistical invariants, overflow handling, bad input.
 4. Kahan summation in float32.
@@ -27,8 +27,10 @@ import jaxq
 from jaxq.metrics import Kahan
 
 try:
+    from golden import GOLDEN
     from reference import departures
 except ImportError:  # tests/ imported as a package
+    from tests.golden import GOLDEN
     from tests.reference import departures
 
 
@@ -243,92 +245,8 @@ def test_processor_sharing_of_three_is_exact_in_float64():
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. Golden instances, computed by hand (copied from tests/test_reference.py).
-# Each entry: (policy, params, arrivals, sizes, predictions, expected departures).
+# 2. Golden instances, computed by hand (tests/golden.py, shared with tests/test_reference.py).
 # ----------------------------------------------------------------------------------------------
-
-GOLDEN = [
-    # fcfs, simultaneous arrivals: ties by arrival index. 0-2 job0, 2-3 job1, 3-6 job2.
-    ("fcfs", {}, [0, 0, 0], [2, 1, 3], [1, 1, 1], [2, 3, 6]),
-    # fcfs, idle gap: 0-1 job0, idle 1-2, 2-3 job1 (work conservation restarts at the arrival).
-    ("fcfs", {}, [0, 2], [1, 1], [1, 1], [1, 3]),
-    # las, arrival preempts and then shares: 0-1 job0 alone (a0 = 1). t=1 job1 arrives with
-    # a = 0 < 1: served alone until a1 = 1 at t = 2 (merge). Then both share at rate 1/2:
-    # remaining 2 and 1, so job1 leaves after 2 more units, t = 4 (a0 = a1 = 2);
-    # job0 has 1 left, alone: t = 5.
-    ("las", {}, [0, 1], [3, 2], [1, 1], [5, 4]),
-    # las, an arrival preempts a whole group and later joins it: 0-1 job0 and job1 share
-    # (a = 0.5 each). t=1 job2 (a = 0) preempts both, alone until a2 = 0.5 at t = 1.5. Three share:
-    # remaining 1.5, 2.5, 0.5; job2 done after 0.5 * 3 = 1.5, t = 3 (all a = 1). Two share:
-    # remaining 1 and 2; job0 done after 2, t = 5 (a1 = 2); job1 has 1 left: t = 6.
-    ("las", {}, [0, 0, 1], [2, 3, 1], [1, 1, 1], [5, 6, 3]),
-    # sjf (non-preemptive, true size): job0 starts at 0 and is locked although shorter jobs come:
-    # 0-4 job0; then job2 (x = 1) before job1 (x = 2): 4-5 job2, 5-7 job1.
-    ("sjf", {}, [0, 1, 1.5], [4, 2, 1], [1, 1, 1], [4, 7, 5]),
-    # psjf, same instance: t=1 job1 (x = 2 < 4) preempts job0 (a0 = 1); t=1.5 job2 (x = 1)
-    # preempts job1 (a1 = 0.5); 1.5-2.5 job2; 2.5-4 job1 (1.5 left); 4-7 job0 (3 left).
-    ("psjf", {}, [0, 1, 1.5], [4, 2, 1], [1, 1, 1], [7, 4, 2.5]),
-    # srpt tie by index: at t=2 job0 has 2 left = x1; the earlier job keeps the server.
-    # 0-4 job0, 4-6 job1.
-    ("srpt", {}, [0, 2], [4, 2], [1, 1], [4, 6]),
-    # spjf (non-preemptive, prediction): job0 runs 0-2 (locked). Waiting at t=2: job1 (y = 4),
-    # job2 (y = 1): 2-5 job2, 5-6 job1.
-    ("spjf", {}, [0, 1, 1], [2, 1, 3], [5, 4, 1], [2, 6, 5]),
-    # pspjf, same instance: t=1 job2 (y = 1) is the best of three: 1-4 job2; then job1 (y = 4)
-    # before job0 (y = 5, a0 = 1): 4-5 job1, 5-6 job0.
-    ("pspjf", {}, [0, 1, 1], [2, 1, 3], [5, 4, 1], [6, 5, 4]),
-    # sprpt, a job past its prediction is not preempted: at t=2 job0 has rank 1 - 2 = -1 < 0.5.
-    # 0-5 job0, 5-6 job1.
-    ("sprpt", {}, [0, 2], [5, 1], [1, 0.5], [5, 6]),
-    # sprpt-limited c = 0.5: job0 locks once a0 > 0.5 * 2 = 1. At t=0.5 a0 = 0.5,
-    # unlocked, so job1 preempts (0.5-1.5). job0 resumes at 1.5, a0 = 1 at t=2, 1.5 at t=2.5:
-    # locked, so job2 waits although its rank 0.25 < 0.5. 1.5-5 job0 (3.5 left), 5-6 job2.
-    ("sprpt-limited", {"c": 0.5}, [0, 0.5, 2.5], [4, 1, 1], [2, 0.25, 0.25], [5, 1.5, 6]),
-    # sprpt-limited at the lock boundary: at t=1, a0 = 1 = c * y0 exactly, and the lock is the
-    # strict a > c * y, so job0 can still be preempted: 1-2 job1, 2-5 job0.
-    ("sprpt-limited", {"c": 0.5}, [0, 1], [4, 1], [2, 0.5], [5, 2]),
-    # onebit preemptive, shorts LCFS: t=1 short job1 preempts long job0 (a0 = 1); t=2 short job2
-    # preempts short job1 (a1 = 1, tiebreak -2 < -1). 2-4 job2, 4-5 job1 (1 left), 5-7 job0.
-    ("onebit", {"threshold": 1.0, "preemptive": True}, [0, 1, 2], [3, 2, 2], [5, 0.5, 0.5],
-     [7, 5, 4]),
-    # onebit: y == threshold is long (short iff y < threshold): job1 (y = 1) does not preempt
-    # long job0. 0-2 job0, 2-3 job1.
-    ("onebit", {"threshold": 1.0, "preemptive": True}, [0, 1], [2, 1], [5, 1.0], [2, 3]),
-    # linear w_attained = 3 > w_remaining = 1: primary = (y - a) + 3a = y + 2a, slope 2.
-    # from t = 0.5 the group's primary is 2 + (t - 0.5) (slope 2 shared by 2). job2 arrives at
-    # t=1 with primary 3 > 2.5: waits; merge when the group reaches 3, at t = 1.5 (a0 = 1,
-    # a1 = 0.5). Three share: job1 (0.5 left) done after 1.5, t = 3 (a0 = 1.5, a2 = 0.5). Two
-    # share, 1.5 left each: both done at t = 6.
-    ("linear", {"w_remaining": 1.0, "w_attained": 3.0}, [0, 0, 1], [3, 1, 2], [1, 2, 3],
-     [6, 3, 6]),
-    # same policy, an arrival with primary exactly equal to the group's joins it at once: at t=1
-    # the group's primary is 2.5 (a0 = 0.75, a1 = 0.25) and job2 arrives with y = 2.5. Three share:
-    # job1 (0.75 left) done after 2.25, t = 3.25 (a0 = 1.5, a2 = 0.75). Two share, 1.5 and 1.25
-    # left: job2 done after 2.5, t = 5.75 (a0 = 2.75); job0 0.25 left: t = 6.
-    ("linear", {"w_remaining": 1.0, "w_attained": 3.0}, [0, 0, 1], [3, 1, 2], [1, 2, 2.5],
-     [6, 3.25, 5.75]),
-    # linear w_attained = 2, w_remaining = 1 (primary y + a, slope 1) with a tie at the start:
-    # both share at once: job1 done at t = 2 (a = 1 each), job0 2 left: t = 4.
-    ("linear", {"w_remaining": 1.0, "w_attained": 2.0}, [0, 0], [3, 1], [1, 1], [4, 2]),
-    # linear with the age term only, w_age = +1 (primary = age): the newest job is best, i.e.
-    # preemptive LCFS. t=1 job1 preempts job0 (a0 = 1), t=2 job2 preempts job1 (a1 = 1).
-    # 2-4 job2, 4-5 job1, 5-7 job0.
-    ("linear", {"w_remaining": 0.0, "w_age": 1.0}, [0, 1, 2], [3, 2, 2], [1, 1, 1], [7, 5, 4]),
-    # w_age = -1 (primary = -age): the oldest is best, i.e. fcfs.
-    ("linear", {"w_remaining": 0.0, "w_age": -1.0}, [0, 1, 2], [3, 1, 1], [1, 1, 1], [3, 4, 5]),
-]
-
-GOLDEN_NONPREEMPTIVE_RISING = [
-    # linear w_attained = 2, w_remaining = 1 (primary y + a, slope 1), non-preemptive: no group
-    # forms; the tie goes to job0, which is then locked: 0-3 job0, 3-4 job1.
-    ("linear", {"w_remaining": 1.0, "w_attained": 2.0, "preemptive": False}, [0, 0], [3, 1],
-     [1, 1], [3, 4]),
-    # non-preemptive with different primaries: job0 (primary 1) starts, is locked although its
-    # primary rises past job1's 2: 0-3 job0, 3-4 job1.
-    ("linear", {"w_remaining": 1.0, "w_attained": 2.0, "preemptive": False}, [0, 0], [3, 1],
-     [1, 2], [3, 4]),
-]
-
 
 def _golden_id(case) -> str:
     return f"{_config_id(case[:2])}-{case[2]}-{case[3]}-{case[4]}"
@@ -336,14 +254,6 @@ def _golden_id(case) -> str:
 
 @pytest.mark.parametrize("case", GOLDEN, ids=_golden_id)
 def test_golden(case):
-    name, params, arrivals, sizes, predictions, expected = case
-    got = engine_departures(name, params, arrivals, sizes, predictions)
-    np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
-
-
-@pytest.mark.parametrize("case", GOLDEN_NONPREEMPTIVE_RISING, ids=_golden_id)
-def test_golden_nonpreemptive_linear_with_rising_rank(case):
-    # A rank that rises with service does not make locked jobs share the server.
     name, params, arrivals, sizes, predictions, expected = case
     got = engine_departures(name, params, arrivals, sizes, predictions)
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
@@ -396,8 +306,6 @@ def test_float_tie_expectations_match_the_reference():
         name, params, arrivals, sizes, predictions, expected = case.values
         assert departures(name, arrivals, sizes, predictions, **params) == pytest.approx(
             expected, rel=1e-12)
-    for name, params, arrivals, sizes, predictions, expected in GOLDEN_NONPREEMPTIVE_RISING:
-        assert departures(name, arrivals, sizes, predictions, **params) == expected
 
 
 def test_trace_compiles_once_per_policy_class_and_length(simulate_module):
