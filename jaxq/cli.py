@@ -1,4 +1,4 @@
-"""The `jaxq` command line: `jaxq demo`, `jaxq queue ...`, `jaxq theory ...`.
+"""The `jaxq` command line: `jaxq demo`, `jaxq queue ...`, `jaxq theory ...`, `jaxq llm ...`.
 
 Options map one to one onto the Python API (jaxq.System and jaxq.simulate); `--json` prints one
 JSON object whose keys are the Result's field names.
@@ -17,6 +17,8 @@ import numpy as np
 POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
                 "onebit", "linear")
 PREDICTOR_NAMES = ("perfect", "exponential", "uniform", "lognormal")
+LINEAR_WEIGHTS = ("w_prediction", "w_remaining", "w_attained", "w_age", "w_prompt", "w_kv",
+                  "w_peak")
 SERVICE_NAMES = ("exponential", "deterministic", "uniform", "lognormal", "weibull",
                  "bounded-pareto", "hyperexponential", "empirical")
 
@@ -57,7 +59,6 @@ def build_model(args):
     import jaxq
     from jaxq._checks import check_choice
 
-    check_choice("policy", args.policy, POLICY_NAMES)
     check_choice("predictor", args.predictor, PREDICTOR_NAMES)
     check_choice("service", args.service, SERVICE_NAMES)
 
@@ -89,13 +90,32 @@ def build_model(args):
             raise ValueError("--service empirical needs --samples FILE")
         service = jaxq.Empirical.from_file(args.samples)
 
-    predictor = {
+    predictor = build_predictor(args)
+    policy = build_policy(args)
+
+    arrivals = jaxq.Poisson() if args.arrival_cv == 1.0 else jaxq.Renewal(args.arrival_cv)
+    return service, predictor, policy, arrivals
+
+
+def build_predictor(args):
+    import jaxq
+
+    return {
         "perfect": lambda: jaxq.Perfect(),
         "exponential": lambda: jaxq.ExponentialNoise(),
         "uniform": lambda: jaxq.UniformNoise(args.alpha),
         "lognormal": lambda: jaxq.LognormalNoise(args.sigma),
     }[args.predictor]()
 
+
+def build_policy(args, names=POLICY_NAMES, weight_names=LINEAR_WEIGHTS[:4]):
+    """The policy named by --policy with its options (--c, --threshold, --preemptive,
+    --weights), wrapped in an aging term if --aging is given and nonzero."""
+    import jaxq
+    from jaxq._checks import check_choice
+    from jaxq.policies import LLM_POLICIES, Aging
+
+    check_choice("policy", args.policy, names)
     p = args.policy
     if p == "sprpt-limited":
         policy = jaxq.SPRPTLimited(args.c)
@@ -103,15 +123,14 @@ def build_model(args):
         policy = jaxq.OneBit(args.threshold, args.preemptive)
     elif p == "linear":
         w = [float(v) for v in args.weights.split(",")]
-        if len(w) != 4:
-            raise ValueError(f"--weights must be four numbers "
-                             f"w_prediction,w_remaining,w_attained,w_age, got {args.weights!r}")
-        policy = jaxq.Linear(*w, preemptive=args.preemptive)
+        if not 4 <= len(w) <= len(weight_names):
+            raise ValueError(f"--weights must be 4 to {len(weight_names)} numbers "
+                             f"{','.join(weight_names)}, got {args.weights!r}")
+        policy = jaxq.Linear(**dict(zip(weight_names, w)), preemptive=args.preemptive)
     else:
-        policy = jaxq.POLICIES[p]()
-
-    arrivals = jaxq.Poisson() if args.arrival_cv == 1.0 else jaxq.Renewal(args.arrival_cv)
-    return service, predictor, policy, arrivals
+        policy = LLM_POLICIES[p]()
+    aging = getattr(args, "aging", 0.0)
+    return Aging(policy, aging) if aging else policy
 
 
 def _parameters(args) -> dict:
@@ -205,6 +224,10 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("theory", help="exact mean response time (M/G/1, Poisson arrivals)")
     _add_model_options(t)
 
+    from jaxq.llm.cli import add_llm_parser
+
+    add_llm_parser(sub)
+
     d = sub.add_parser("demo", help="sweep every policy over loads and print sim vs theory")
     d.add_argument("--jobs", type=int, default=20000)
     d.add_argument("--replicas", type=int, default=8)
@@ -231,12 +254,15 @@ def _use_all_cores():
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     _use_all_cores()
-    command = {"queue": cmd_queue, "theory": cmd_theory, "demo": cmd_demo}[args.command]
+    from jaxq.llm.cli import cmd_llm
+
+    command = {"queue": cmd_queue, "theory": cmd_theory, "demo": cmd_demo,
+               "llm": cmd_llm}[args.command]
     from jaxq import CapacityError
 
     try:
         out = command(args)
-    except (ValueError, CapacityError) as err:
+    except (ValueError, CapacityError, OSError) as err:
         print(f"jaxq {args.command}: error: {err}", file=sys.stderr)
         return 2
     if args.json:

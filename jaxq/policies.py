@@ -20,6 +20,11 @@ least attained service.
 
 Oracle policies (sjf, psjf, srpt) read the true size x; every other policy reads only the
 prediction y, the attained service a and the time in system.
+
+The LLM engine uses the same policies on requests: x is the output length, y its prediction, a the
+tokens generated so far, and a request has "started" while its KV cache is resident on the GPU.
+It also fills in the request-only features (prompt length, KV tokens held, predicted peak memory)
+that `sjf-prompt` and the linear rank's extra weights read.
 """
 
 from __future__ import annotations
@@ -44,6 +49,11 @@ class JobView(NamedTuple):
     attained: jax.Array  # service received so far, a
     age: jax.Array  # time in system
     index: jax.Array  # arrival index (int32), 0 for the first job
+    # LLM engine only (None in the queue engine):
+    started: jax.Array | None = None  # bool: KV resident on the GPU (default: attained > 0)
+    prompt: jax.Array | None = None  # prompt tokens P
+    kv: jax.Array | None = None  # KV tokens held
+    peak: jax.Array | None = None  # predicted peak memory P + y, tokens
 
 
 class Rank(NamedTuple):
@@ -62,7 +72,15 @@ def _rank(jobs: JobView, primary, *, locked=None, tiebreak=None) -> Rank:
 
 
 def _started(jobs: JobView) -> jax.Array:
-    return jobs.attained > 0
+    return jobs.attained > 0 if jobs.started is None else jobs.started
+
+
+def _request_feature(jobs: JobView, name: str) -> jax.Array:
+    value = getattr(jobs, name)
+    if value is None:
+        raise ValueError(f"this policy reads the request feature {name!r}, which only the LLM "
+                         f"engine provides")
+    return value
 
 
 class Policy(eqx.Module):
@@ -85,12 +103,14 @@ class Policy(eqx.Module):
 
 
 class FCFS(Policy):
-    """First come, first served."""
+    """First come, first served. A started job is locked: in the queue engine that changes
+    nothing (the job in service is always the earliest), in the LLM engine it keeps running
+    requests ahead of a preempted earlier one, as vLLM does."""
 
     name: ClassVar[str] = "fcfs"
 
     def rank(self, jobs):
-        return _rank(jobs, 0.0)
+        return _rank(jobs, 0.0, locked=_started(jobs))
 
 
 class LAS(Policy):
@@ -191,6 +211,51 @@ class SPRPTLimited(Policy):
         return jnp.asarray(-1.0)
 
 
+class SJFPrompt(Policy):
+    """Shortest prompt first, non-preemptive (LLM engine only): rank P."""
+
+    name: ClassVar[str] = "sjf-prompt"
+
+    def rank(self, jobs):
+        return _rank(jobs, _request_feature(jobs, "prompt"), locked=_started(jobs))
+
+
+class Aging(Policy):
+    """Any policy with an aging term for fairness: rank = base rank - w * (time in system).
+
+    Every job's age grows at the same rate, so the term never reorders jobs already in system;
+    it favours jobs that have waited long over new arrivals."""
+
+    name: ClassVar[str] = "aging"
+    base: Policy
+    w: jax.Array
+
+    def __init__(self, base: Policy, w=0.0):
+        self.base = base
+        self.w = jnp.asarray(w, dtype=float)
+
+    def __check_init__(self):
+        check_nonnegative("aging", self.w)
+
+    @property
+    def uses_true_size(self):
+        return self.base.uses_true_size
+
+    @property
+    def may_share(self):
+        return self.base.may_share
+
+    def rank(self, jobs):
+        rank = self.base.rank(jobs)
+        return rank._replace(primary=rank.primary - self.w * jobs.age)
+
+    def slope(self):
+        return self.base.slope()
+
+    def shares(self):
+        return self.base.shares()
+
+
 class OneBit(Policy):
     """One bit of advice: a job is short iff y < threshold.
 
@@ -218,7 +283,8 @@ class OneBit(Policy):
 
 
 class Linear(Policy):
-    """rank = w_prediction * y + w_remaining * (y - a) + w_attained * a + w_age * (time in system).
+    """rank = w_prediction * y + w_remaining * (y - a) + w_attained * a + w_age * (time in system)
+    [+ w_prompt * P + w_kv * (KV tokens held) + w_peak * (P + y): LLM engine only].
 
     With preemptive = False a job that has started is locked. One compiled program covers the whole
     family (spjf is (1, 0, 0, 0, False), sprpt is (0, 1, 0, 0, True), fcfs is (0, 0, 0, -1, True),
@@ -232,23 +298,40 @@ class Linear(Policy):
     w_attained: jax.Array
     w_age: jax.Array
     preemptive: jax.Array  # bool
+    w_prompt: jax.Array
+    w_kv: jax.Array
+    w_peak: jax.Array
 
     def __init__(self, w_prediction=0.0, w_remaining=1.0, w_attained=0.0, w_age=0.0,
-                 preemptive=True):
+                 preemptive=True, w_prompt=0.0, w_kv=0.0, w_peak=0.0):
         self.w_prediction = jnp.asarray(w_prediction, dtype=float)
         self.w_remaining = jnp.asarray(w_remaining, dtype=float)
         self.w_attained = jnp.asarray(w_attained, dtype=float)
         self.w_age = jnp.asarray(w_age, dtype=float)
         self.preemptive = jnp.asarray(preemptive, dtype=bool)
+        self.w_prompt = jnp.asarray(w_prompt, dtype=float)
+        self.w_kv = jnp.asarray(w_kv, dtype=float)
+        self.w_peak = jnp.asarray(w_peak, dtype=float)
 
     def __check_init__(self):
-        for name in ("w_prediction", "w_remaining", "w_attained", "w_age"):
+        for name in ("w_prediction", "w_remaining", "w_attained", "w_age", "w_prompt", "w_kv",
+                     "w_peak"):
             check_range(name, getattr(self, name))
+
+    def uses_request_features(self) -> bool:
+        """Whether a request-only weight is (or may be, when traced) nonzero."""
+        weights = (self.w_prompt, self.w_kv, self.w_peak)
+        if any(isinstance(w, jax.core.Tracer) for w in weights):
+            return True
+        return any(bool(jnp.any(w != 0)) for w in weights)
 
     def rank(self, jobs):
         y, a = jobs.prediction, jobs.attained
         primary = (self.w_prediction * y + self.w_remaining * (y - a) + self.w_attained * a
                    + self.w_age * jobs.age)
+        if jobs.prompt is not None:
+            primary = (primary + self.w_prompt * jobs.prompt + self.w_kv * jobs.kv
+                       + self.w_peak * jobs.peak)
         return _rank(jobs, primary, locked=_started(jobs) & ~self.preemptive)
 
     def slope(self):
@@ -264,5 +347,8 @@ POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (FCFS, LAS, SJF, PSJF, SRPT, SPJF, PSPJF, SPRPT, SPRPTLimited, OneBit, Linear)
 }
+# Policies that need request features: the LLM engine accepts these too.
+LLM_POLICIES: dict[str, type[Policy]] = {**POLICIES, SJFPrompt.name: SJFPrompt}
 
-__all__ = ["Policy", "JobView", "Rank", "POLICIES", *[c.__name__ for c in POLICIES.values()]]
+__all__ = ["Policy", "JobView", "Rank", "POLICIES", "LLM_POLICIES", "Aging", "SJFPrompt",
+           *[c.__name__ for c in POLICIES.values()]]

@@ -129,12 +129,26 @@ def _validate(system, *, jobs, replicas, warmup, capacity, chunk, histogram_bins
         raise ValueError(f"size_buckets must be increasing positive edges, got {size_buckets!r}")
     if not isinstance(system, System):
         raise TypeError(f"system must be a jaxq.System, got {type(system).__name__}")
+    _check_queue_policy(system.policy)
     if not finite_horizon:
         check_range("load", system.load, low=0.0, low_open=True, high=1.0, high_open=True)
     try:
         system.batch_shape
     except ValueError as err:
         raise ValueError(f"the System's batch axes do not broadcast together: {err}") from None
+
+
+def _check_queue_policy(policy):
+    """Refuse what only the LLM engine can rank (request features the queue does not have)."""
+    from jaxq.policies import Aging, Linear, POLICIES
+    while isinstance(policy, Aging):
+        policy = policy.base
+    if policy.name not in POLICIES:
+        raise ValueError(f"policy {policy.name!r} needs LLM request features; the queue engine "
+                         f"takes: {', '.join(POLICIES)}")
+    if isinstance(policy, Linear) and policy.uses_request_features():
+        raise ValueError("w_prompt, w_kv and w_peak must be 0 in the queue engine (jobs have no "
+                         "prompt or KV memory)")
 
 
 def _config_mesh(batch: int) -> jax.sharding.Mesh | None:

@@ -1,0 +1,166 @@
+"""`jaxq llm`: replay a trace or run a synthetic workload through the LLM engine.
+
+Iteration costs and KV capacity come from the roofline of --gpu and --model (default rtx-4090
+and llama-3.1-8b); any explicit --iter-* or --kv-capacity option overrides the preset's value.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import tempfile
+
+from jaxq.cli import LINEAR_WEIGHTS, PREDICTOR_NAMES, build_policy, build_predictor
+
+LLM_POLICY_NAMES = ("fcfs", "sjf-prompt", "spjf", "pspjf", "sprpt", "sprpt-limited", "onebit",
+                    "linear", "las", "sjf", "psjf", "srpt")
+JSON_KEYS = ("ttft_mean", "ttft_p50", "ttft_p90", "ttft_p99", "tpot_mean", "tpot_p50",
+             "tpot_p90", "tpot_p99", "latency_mean", "latency_p50", "latency_p90", "latency_p99",
+             "latency_per_token_mean", "latency_per_token_p50", "latency_per_token_p90",
+             "latency_per_token_p99", "ttft_stderr", "latency_stderr", "request_throughput",
+             "token_throughput", "goodput", "mean_kv_use", "peak_kv_tokens", "preemptions",
+             "recomputed_tokens", "swapped_tokens", "swapped_bytes", "mean_batch_size",
+             "mean_queue_length", "iterations", "completed", "overflow", "unfinished")
+_COST_OPTIONS = ("iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
+                 "iter_per_kv_token", "swap_per_token")
+
+
+def add_llm_parser(sub):
+    from jaxq.llm.engine import ADMISSION_MODES, PREEMPTION_MODES
+    from jaxq.llm.workloads import WORKLOADS
+
+    p = sub.add_parser("llm", help="simulate an LLM inference engine on a trace or workload")
+    w = p.add_argument_group("requests (a trace, or a synthetic workload)")
+    w.add_argument("--trace", help="CSV (arrival_time,prompt_tokens,output_tokens"
+                                   "[,predicted_output_tokens]) or vLLM benchmark JSONL")
+    w.add_argument("--workload", help=f"synthetic preset: {', '.join(WORKLOADS)}")
+    w.add_argument("--rate", type=float, default=None, help="requests/s of the workload")
+    w.add_argument("--requests", type=int, default=2000, help="requests per replica (workload)")
+    w.add_argument("--per-request", metavar="OUT.csv",
+                   help="write arrival_time,first_token_time,finish_time,preemptions per request")
+    s = p.add_argument_group("scheduler")
+    s.add_argument("--policy", default="fcfs", help=f"one of: {', '.join(LLM_POLICY_NAMES)}")
+    s.add_argument("--c", type=float, default=0.5, help="sprpt-limited: c in [0, 1]")
+    s.add_argument("--threshold", type=float, default=256.0,
+                   help="onebit: short iff predicted output < threshold tokens")
+    s.add_argument("--preemptive", action="store_true", help="onebit / linear: preemptive")
+    s.add_argument("--weights", default="0,1,0,0",
+                   help=f"linear: {','.join(LINEAR_WEIGHTS)} (4 to 7 numbers)")
+    s.add_argument("--aging", type=float, default=0.0,
+                   help="subtract this times the time in system (s) from the rank")
+    s.add_argument("--predictor", default="perfect", help=f"one of: {', '.join(PREDICTOR_NAMES)}")
+    s.add_argument("--sigma", type=float, default=0.5, help="lognormal predictor noise")
+    s.add_argument("--alpha", type=float, default=0.5, help="uniform predictor noise")
+    s.add_argument("--refine-every", type=int, default=None,
+                   help="redraw the prediction every K output tokens (noise shrinking)")
+    s.add_argument("--preemption", default="recompute", help=" or ".join(PREEMPTION_MODES))
+    s.add_argument("--admission", default="optimistic", help=", ".join(ADMISSION_MODES))
+    e = p.add_argument_group("engine limits")
+    e.add_argument("--kv-capacity", type=int, default=None,
+                   help="KV-cache tokens (default: from --gpu and --model)")
+    e.add_argument("--block-size", type=int, default=16)
+    e.add_argument("--max-batch", type=int, default=256, help="most sequences per iteration")
+    e.add_argument("--max-batched-tokens", type=int, default=2048, help="token budget")
+    e.add_argument("--host-capacity", type=int, default=None,
+                   help="host tokens for swapped KV (default: as many as the GPU holds)")
+    e.add_argument("--max-output", type=int, default=4096,
+                   help="reserve-max: output tokens reserved per request")
+    c = p.add_argument_group("iteration cost (seconds), or a roofline preset")
+    for name in _COST_OPTIONS:
+        c.add_argument("--" + name.replace("_", "-"), type=float, default=None)
+    c.add_argument("--gpu", default="rtx-4090")
+    c.add_argument("--model", default="llama-3.1-8b")
+    c.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    c.add_argument("--tensor-parallel", type=int, default=1)
+    r = p.add_argument_group("run")
+    r.add_argument("--replicas", type=int, default=1)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--slots", type=int, default=None,
+                   help="requests the engine can hold (default: the trace's count, or 1024)")
+    r.add_argument("--warmup", type=int, default=None,
+                   help="requests left out of the metrics (default: 0 for a trace, 10%%)")
+    r.add_argument("--ttft-slo", type=float, default=math.inf, help="goodput: TTFT bound (s)")
+    r.add_argument("--tpot-slo", type=float, default=math.inf, help="goodput: TPOT bound (s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def build_llm_system(args):
+    """(LLMSystem, workload) from parsed options."""
+    from jaxq._checks import check_choice
+    from jaxq.llm import hardware
+    from jaxq.llm.simulate import LLMSystem
+    from jaxq.llm.workloads import WORKLOADS, read_trace
+
+    if (args.trace is None) == (args.workload is None):
+        raise ValueError("give exactly one of --trace FILE and --workload NAME")
+    if args.trace is not None:
+        workload = read_trace(args.trace)
+    else:
+        check_choice("workload", args.workload, tuple(WORKLOADS))
+        if args.rate is None and args.workload != "azure-conversation":
+            raise ValueError(f"--workload {args.workload} needs --rate (requests/s)")
+        workload = WORKLOADS[args.workload](*(() if args.rate is None else (args.rate,)))
+    check_choice("predictor", args.predictor, PREDICTOR_NAMES)
+    cost = hardware.roofline(hardware.gpu(args.gpu), hardware.model(args.model),
+                             tensor_parallel=args.tensor_parallel,
+                             gpu_memory_utilization=args.gpu_memory_utilization)
+    coefficients = {name: getattr(cost, name) if getattr(args, name) is None
+                    else getattr(args, name) for name in _COST_OPTIONS}
+    kv = cost.kv_capacity if args.kv_capacity is None else args.kv_capacity
+    system = LLMSystem(
+        build_policy(args, LLM_POLICY_NAMES, LINEAR_WEIGHTS), build_predictor(args),
+        kv_capacity=kv, block_size=args.block_size, max_seqs=args.max_batch,
+        max_batched_tokens=args.max_batched_tokens,
+        host_capacity=kv if args.host_capacity is None else args.host_capacity,
+        max_output=args.max_output,
+        refine_every=1 if args.refine_every is None else args.refine_every,
+        refine=args.refine_every is not None, kv_bytes_per_token=cost.kv_bytes_per_token,
+        seed=args.seed, preemption=args.preemption, admission=args.admission, **coefficients)
+    return system, workload
+
+
+def cmd_llm(args) -> dict:
+    from jaxq.llm.simulate import simulate
+    from jaxq.llm.workloads import Trace
+
+    system, workload = build_llm_system(args)
+    is_trace = isinstance(workload, Trace)
+    progress = None
+    if not args.json and sys.stderr.isatty():
+        def progress(done, total):
+            print(f"\rrequests finished {done}/{total}", end="", file=sys.stderr, flush=True)
+    result = simulate(system, workload, requests=None if is_trace else args.requests,
+                      replicas=args.replicas, slots=args.slots, warmup=args.warmup,
+                      ttft_slo=args.ttft_slo, tpot_slo=args.tpot_slo, key=args.seed,
+                      progress=progress)
+    if progress:
+        print(file=sys.stderr)
+    if args.per_request:
+        # A trace's own float64 times, not the engine's float32 gaps added up again.
+        arrival = workload.arrival_time if is_trace else result.arrival_time[0]
+        _write_per_request(args.per_request, result, arrival)
+    metrics = result.to_dict()
+    out = {"policy": args.policy, "predictor": args.predictor, "preemption": args.preemption,
+           "admission": args.admission, "kv_capacity": int(system.kv_capacity),
+           **{name: float(getattr(system, name)) for name in _COST_OPTIONS}}
+    out.update({k: metrics[k] for k in JSON_KEYS})
+    out.update(replicas=args.replicas, seed=args.seed, seconds=result.seconds)
+    return out
+
+
+def _write_per_request(path, result, arrival):
+    """Replica 0's requests in trace order, on the trace's clock; written atomically."""
+    first = arrival + result.ttft[0]
+    finish = arrival + result.latency[0]
+    preemptions = result.request_preemptions[0]
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, newline="",
+                                     suffix=".tmp") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arrival_time", "first_token_time", "finish_time", "preemptions"])
+        for row in zip(arrival, first, finish, preemptions):
+            writer.writerow([repr(float(row[0])), repr(float(row[1])), repr(float(row[2])),
+                             int(row[3])])
+    os.replace(f.name, path)

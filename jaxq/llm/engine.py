@@ -1,0 +1,339 @@
+"""The LLM inference engine: one instance, iteration-level batching under a KV-memory limit.
+
+The model is specified exactly in the README ("The LLM engine model"); this module implements it
+for ONE configuration, and `jaxq.llm.simulate` vmaps it over a batch. One loop step is one engine
+iteration (or, when the engine is empty, a jump to the next arrival followed by an iteration).
+
+Requests live in `slots` fixed slots. Arrivals are admitted in order into free slots; an arrival
+that finds no free slot waits outside, unseen by the scheduler, which is counted as `overflow`
+(the run is then not the model's, and `simulate` raises by default).
+
+Times are kept relative (a request's age, the time until the next arrival), never as an absolute
+clock, so float32 keeps its precision over long runs.
+
+The batch is formed in the policy's order with prefix sums (see the README): sort the slots by
+(class, primary rank, tie-break), then every constraint (token budget, sequences, KV blocks,
+admission reserve) is a cumulative sum compared with its limit, and the batch is the run of
+positions from the front that satisfy all of them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxq.policies import JobView, Policy
+from jaxq.predictors import Predictor
+
+PREEMPTION_MODES = ("recompute", "swap")
+ADMISSION_MODES = ("optimistic", "reserve-predicted", "reserve-max")
+
+
+class EngineSpec(NamedTuple):
+    """Static choices: one compile per distinct spec."""
+
+    slots: int  # K, requests the engine can hold at once (running + waiting)
+    preemption: str  # "recompute" or "swap"
+    admission: str  # "optimistic", "reserve-predicted" or "reserve-max"
+    refine: bool  # redraw predictions every `refine_every` tokens
+
+
+class EngineParams(eqx.Module):
+    """Every number of one engine configuration: each field () here, (B,) in a batch."""
+
+    kv_capacity: jax.Array  # int, GPU KV-cache tokens
+    block_size: jax.Array  # int, tokens per KV block
+    max_seqs: jax.Array  # int, most requests in one iteration's batch
+    max_batched_tokens: jax.Array  # int, token budget of one iteration
+    host_capacity: jax.Array  # int, host-memory tokens for swapped KV
+    max_output: jax.Array  # int, output tokens reserved per request by reserve-max
+    refine_every: jax.Array  # int, k: the prediction is redrawn every k output tokens
+    iter_base: jax.Array  # float, seconds per iteration
+    iter_per_prefill_token: jax.Array  # float, seconds per token processed by prefills
+    iter_per_decode_seq: jax.Array  # float, seconds per decoding request
+    iter_per_kv_token: jax.Array  # float, seconds per KV token attended
+    swap_per_token: jax.Array  # float, seconds per KV token moved to or from the host
+
+
+class Requests(NamedTuple):
+    """N requests in arrival order (one configuration)."""
+
+    gap: jax.Array  # (N,) float, arrival time minus the previous one's (the first: minus 0)
+    prompt: jax.Array  # (N,) int32, P >= 1
+    output: jax.Array  # (N,) int32, true output length O >= 1
+    prediction: jax.Array  # (N,) float > 0, predicted output length
+
+
+class Slots(NamedTuple):
+    """One entry per slot, shape (K,)."""
+
+    active: jax.Array  # bool, holds a request that has arrived and not finished
+    index: jax.Array  # int32, the request's arrival index
+    prompt: jax.Array  # int32, P
+    output: jax.Array  # int32, O
+    prediction: jax.Array  # float, current predicted output length (total, not remaining)
+    generated: jax.Array  # int32, g: output tokens produced
+    kv: jax.Array  # int32, n: tokens whose KV the request holds (on GPU or host)
+    resident: jax.Array  # bool, its KV is on the GPU (False with n > 0: swapped to host)
+    age: jax.Array  # float, time since arrival
+    preemptions: jax.Array  # int32
+
+
+class Totals(NamedTuple):
+    """Run-wide counters and time integrals, all scalars."""
+
+    iterations: jax.Array  # int32
+    busy_time: jax.Array  # float, seconds spent in iterations
+    elapsed: jax.Array  # float, from time 0 to the end of the last iteration
+    preemptions: jax.Array  # int32
+    recomputed_tokens: jax.Array  # int32, KV tokens dropped by recompute preemptions
+    swapped_tokens: jax.Array  # int32, KV tokens moved to or from the host
+    peak_kv_tokens: jax.Array  # int32, most KV tokens resident during an iteration
+    kv_token_seconds: jax.Array  # float, integral of resident KV tokens over busy time
+    waiting_seconds: jax.Array  # float, integral of requests in system but not in the batch
+    batched: jax.Array  # int32, sum over iterations of the batch size
+    overflow: jax.Array  # int32, boundaries at which an arrived request found no free slot
+    finished: jax.Array  # int32, requests that have left
+
+
+class EngineState(NamedTuple):
+    slots: Slots
+    next_arrival: jax.Array  # int32, index of the next request to arrive
+    until_next: jax.Array  # float, time from now until it arrives (inf when none is left)
+    host_blocks: jax.Array  # int32, host blocks in use
+    ttft: jax.Array  # (N,) float, time to first token per request (NaN until produced)
+    latency: jax.Array  # (N,) float, end-to-end latency per request (NaN until finished)
+    preemptions: jax.Array  # (N,) int32, per request (set when it finishes)
+    totals: Totals
+
+
+def init_state(spec: EngineSpec, requests: Requests) -> EngineState:
+    k, n = spec.slots, requests.gap.shape[0]
+    ftype = requests.gap.dtype
+    zi = jnp.zeros((k,), jnp.int32)
+    slots = Slots(active=jnp.zeros((k,), bool), index=zi, prompt=zi, output=zi,
+                  prediction=jnp.zeros((k,), ftype), generated=zi, kv=zi,
+                  resident=jnp.zeros((k,), bool), age=jnp.zeros((k,), ftype), preemptions=zi)
+    i0, f0 = jnp.zeros((), jnp.int32), jnp.zeros((), ftype)
+    totals = Totals(iterations=i0, busy_time=f0, elapsed=f0, preemptions=i0,
+                    recomputed_tokens=i0, swapped_tokens=i0, peak_kv_tokens=i0,
+                    kv_token_seconds=f0, waiting_seconds=f0, batched=i0, overflow=i0,
+                    finished=i0)
+    return EngineState(slots=slots, next_arrival=i0, until_next=requests.gap[0],
+                       host_blocks=i0, ttft=jnp.full((n,), jnp.nan, ftype),
+                       latency=jnp.full((n,), jnp.nan, ftype),
+                       preemptions=jnp.zeros((n,), jnp.int32), totals=totals)
+
+
+def done(state: EngineState, requests: Requests) -> jax.Array:
+    return state.totals.finished >= requests.gap.shape[0]
+
+
+def _blocks(tokens, block_size):
+    return (tokens + block_size - 1) // block_size
+
+
+def _admit(spec, requests, state, age, until_next):
+    """Move every request that has arrived by now (until_next <= 0) into a free slot."""
+    k, n = spec.slots, requests.gap.shape[0]
+    s = state.slots
+    # Relative arrival times of the next K + 1 requests: rel[r] for request next_arrival + r.
+    padded = jnp.concatenate([requests.gap, jnp.zeros((k + 1,), requests.gap.dtype)])
+    later_gaps = lax.dynamic_slice(padded, (state.next_arrival + 1,), (k,))
+    rel = until_next + jnp.concatenate([jnp.zeros((1,), age.dtype), jnp.cumsum(later_gaps)])
+    offsets = jnp.arange(k + 1)
+    arrived = (rel <= 0) & (state.next_arrival + offsets < n)
+    n_arrived = jnp.sum(arrived[:k])
+    free = ~s.active
+    free_rank = jnp.cumsum(free) - 1
+    n_admit = jnp.minimum(n_arrived, jnp.sum(free))
+    take = free & (free_rank < n_admit)
+    request = jnp.where(take, state.next_arrival + free_rank, 0)
+    zero = jnp.zeros_like(s.generated)
+    slots = Slots(
+        active=s.active | take,
+        index=jnp.where(take, request, s.index),
+        prompt=jnp.where(take, requests.prompt[request], s.prompt),
+        output=jnp.where(take, requests.output[request], s.output),
+        prediction=jnp.where(take, requests.prediction[request], s.prediction),
+        generated=jnp.where(take, zero, s.generated),
+        kv=jnp.where(take, zero, s.kv),
+        resident=s.resident & ~take,
+        age=jnp.where(take, -rel[jnp.clip(free_rank, 0, k)], age),
+        preemptions=jnp.where(take, zero, s.preemptions))
+    next_arrival = state.next_arrival + n_admit
+    until_next = jnp.where(next_arrival < n, rel[n_admit], jnp.inf)
+    overflow = (n_arrived > n_admit).astype(jnp.int32)
+    return slots, next_arrival, until_next, overflow
+
+
+def _order(policy: Policy, s: Slots) -> jax.Array:
+    """Slot ids in the scheduling order: (class, primary, tie-break); class 0 = resident and
+    locked, 1 = other requests, 2 = empty slots."""
+    f = s.age.dtype
+    view = JobView(size=s.output.astype(f), prediction=s.prediction,
+                   attained=s.generated.astype(f), age=s.age, index=s.index,
+                   started=s.resident, prompt=s.prompt.astype(f), kv=s.kv.astype(f),
+                   peak=s.prompt.astype(f) + s.prediction)
+    rank = policy.rank(view)
+    klass = jnp.where(s.active, jnp.where(s.resident & rank.locked, 0, 1), 2).astype(jnp.int32)
+    # + 0.0 turns -0.0 into 0.0: the sort orders -0.0 before 0.0, the model does not.
+    primary = jnp.where(s.active, rank.primary + 0.0, 0.0)
+    tiebreak = jnp.where(s.active, rank.tiebreak, 0).astype(jnp.int32)
+    ids = jnp.arange(s.active.shape[0], dtype=jnp.int32)
+    return lax.sort((klass, primary, tiebreak, ids), num_keys=3)[3]
+
+
+class Batch(NamedTuple):
+    """The decision at one boundary, per slot (K,)."""
+
+    scheduled: jax.Array  # bool, in this iteration's batch
+    tokens: jax.Array  # int32, q: tokens it processes
+    evicted: jax.Array  # bool, resident and preempted at this boundary
+    swapped_out: jax.Array  # bool, evicted to host memory (swap mode, host room left)
+
+
+def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks) -> Batch:
+    """The README's batch rule, evaluated with prefix sums in the scheduling order."""
+    b = p.block_size
+    cap = p.kv_capacity // b
+    o = lambda x: x[order]  # noqa: E731  (a slot field in scheduling order)
+    active, resident, n, g = o(s.active), o(s.resident), o(s.kv), o(s.generated)
+    prompt = o(s.prompt)
+    u = jnp.where(active, prompt + g - n, 0)
+    q = jnp.clip(p.max_batched_tokens - (jnp.cumsum(u) - u), 0, u)
+    new_blocks = jnp.where(resident, _blocks(n + q, b) - _blocks(n, b), _blocks(n + q, b))
+    held = jnp.where(resident, _blocks(n, b), 0)
+    d = jnp.cumsum(jnp.where(active, new_blocks, 0))
+    h = jnp.cumsum(held)
+    position = jnp.arange(1, active.shape[0] + 1)
+    kv_ok = d + h <= cap
+    budget_ok = q >= 1
+    seqs_ok = position <= p.max_seqs
+    ok = active & kv_ok & budget_ok & seqs_ok
+    if spec.admission != "optimistic":
+        if spec.admission == "reserve-max":
+            expected = jnp.broadcast_to(p.max_output, g.shape)
+        else:
+            expected = jnp.ceil(o(s.prediction)).astype(jnp.int32)
+        peak = jnp.minimum(_blocks(prompt + jnp.maximum(expected, g + 1) - 1, b), cap)
+        reserve = jnp.cumsum(jnp.where(active, peak, 0))
+        ok &= resident | (position == 1) | (reserve <= cap)
+    failures = jnp.cumsum(~ok)
+    scheduled = failures == 0
+    first_failure = (failures == 1) & ~ok
+    cannot_grow = jnp.any(first_failure & active & resident & budget_ok & seqs_ok & ~kv_ok)
+    d_batch = jnp.sum(jnp.where(scheduled, new_blocks, 0))
+    kept = resident & ~scheduled & (d_batch + h <= cap) & ~cannot_grow
+    evicted = resident & ~scheduled & ~kept
+    if spec.preemption == "swap":
+        host_free = p.host_capacity // b - host_blocks
+        swapped_out = evicted & (jnp.cumsum(jnp.where(evicted, _blocks(n, b), 0)) <= host_free)
+    else:
+        swapped_out = jnp.zeros_like(evicted)
+    back = lambda x: jnp.zeros_like(x).at[order].set(x)  # noqa: E731  (to slot order)
+    return Batch(scheduled=back(scheduled), tokens=back(jnp.where(scheduled, q, 0)),
+                 evicted=back(evicted), swapped_out=back(swapped_out))
+
+
+def _refined(predictor: Predictor, key, s: Slots, generated) -> jax.Array:
+    """yhat = g + (O - g) * M ** ((O - g) / O), M a fresh multiplier for (request, g // k)."""
+    return jax.vmap(lambda i, m: predictor.multiplier(
+        jax.random.fold_in(jax.random.fold_in(key, i), m), ()))(s.index, generated)
+
+
+def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
+         requests: Requests, key: jax.Array, state: EngineState) -> EngineState:
+    """One boundary and the iteration that follows it (a no-op once every request has left)."""
+    n_requests = requests.gap.shape[0]
+    s, t = state.slots, state.totals
+    # An empty engine jumps to the next arrival.
+    idle = ~jnp.any(s.active) & (state.next_arrival < n_requests)
+    jump = jnp.where(idle, state.until_next, 0.0)
+    s, next_arrival, until_next, overflow = _admit(spec, requests, state, s.age + jump,
+                                                   state.until_next - jump)
+    order = _order(policy, s)
+    batch = _form_batch(spec, p, s, order, state.host_blocks)
+    b = p.block_size
+
+    n, g = s.kv, s.generated
+    u = s.prompt + g - n
+    swap_in = batch.scheduled & ~s.resident & (n > 0)
+    decoding = batch.scheduled & (g >= 1) & (u == 1)
+    f = s.age.dtype
+    prefill_tokens = jnp.sum(jnp.where(batch.scheduled & ~decoding, batch.tokens, 0))
+    decode_seqs = jnp.sum(decoding)
+    kv_attended = jnp.sum(jnp.where(batch.scheduled, n + batch.tokens, 0))
+    swapped = jnp.sum(jnp.where(swap_in | batch.swapped_out, n, 0))
+    busy = jnp.any(s.active)
+    dt = (p.iter_base + p.iter_per_prefill_token * prefill_tokens.astype(f)
+          + p.iter_per_decode_seq * decode_seqs.astype(f)
+          + p.iter_per_kv_token * kv_attended.astype(f) + p.swap_per_token * swapped.astype(f))
+    dt = jnp.where(busy, dt, 0.0)
+
+    # The iteration: process, produce tokens, preempt, leave.
+    kv = n + batch.tokens
+    produced = batch.scheduled & (kv == s.prompt + g)
+    generated = g + produced
+    first = produced & (g == 0)
+    leaving = produced & (generated == s.output)
+    age = s.age + dt
+    resident_kv = jnp.sum(jnp.where((s.resident & ~batch.evicted) | batch.scheduled, kv, 0))
+    recomputed = batch.evicted & ~batch.swapped_out
+    host_blocks = (state.host_blocks
+                   + jnp.sum(jnp.where(batch.swapped_out, _blocks(n, b), 0))
+                   - jnp.sum(jnp.where(swap_in, _blocks(n, b), 0)))
+    prediction = s.prediction
+    if spec.refine:
+        refine = produced & (generated % p.refine_every == 0) & (generated < s.output)
+        m = _refined(predictor, key, s, generated // jnp.maximum(p.refine_every, 1))
+        left = (s.output - generated).astype(f)
+        prediction = jnp.where(refine, generated.astype(f) + left * m ** (left / s.output), prediction)
+    preemptions = s.preemptions + batch.evicted
+    out = jnp.where(leaving, s.index, n_requests)  # out of range: dropped by the scatter
+    latency = state.latency.at[out].set(age, mode="drop")
+    request_preemptions = state.preemptions.at[out].set(preemptions, mode="drop")
+    ttft = state.ttft.at[jnp.where(first, s.index, n_requests)].set(age, mode="drop")
+    slots = Slots(
+        active=s.active & ~leaving, index=s.index, prompt=s.prompt, output=s.output,
+        prediction=prediction, generated=generated,
+        kv=jnp.where(recomputed | leaving, 0, kv),
+        resident=((s.resident & ~batch.evicted) | batch.scheduled) & ~leaving,
+        age=age, preemptions=preemptions)
+    in_batch = jnp.sum(batch.scheduled)
+    totals = Totals(
+        iterations=t.iterations + busy,
+        busy_time=t.busy_time + dt,
+        elapsed=t.elapsed + jump + dt,
+        preemptions=t.preemptions + jnp.sum(batch.evicted),
+        recomputed_tokens=t.recomputed_tokens + jnp.sum(jnp.where(recomputed, n, 0)),
+        swapped_tokens=t.swapped_tokens + swapped,
+        peak_kv_tokens=jnp.maximum(t.peak_kv_tokens, resident_kv),
+        kv_token_seconds=t.kv_token_seconds + dt * resident_kv.astype(f),
+        waiting_seconds=t.waiting_seconds + dt * (jnp.sum(s.active) - in_batch).astype(f),
+        batched=t.batched + in_batch,
+        overflow=t.overflow + overflow,
+        finished=t.finished + jnp.sum(leaving))
+    new = EngineState(slots=slots, next_arrival=next_arrival, until_next=until_next - dt,
+                      host_blocks=host_blocks, ttft=ttft, latency=latency,
+                      preemptions=request_preemptions, totals=totals)
+    # Keep the carry's dtypes (with float64 enabled, sums of int32 arrays are int64).
+    return jax.tree_util.tree_map(lambda x, old: x.astype(old.dtype), new, state)
+
+
+def run(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
+        requests: Requests, key: jax.Array, state: EngineState, max_steps) -> EngineState:
+    """Up to `max_steps` iterations, stopping early once every request has left."""
+    def cond(carry):
+        i, st = carry
+        return (i < max_steps) & ~done(st, requests)
+
+    def body(carry):
+        i, st = carry
+        return i + 1, step(spec, p, policy, predictor, requests, key, st)
+
+    return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]

@@ -1,0 +1,398 @@
+"""Run a batch of LLM engine configurations on a trace or a synthetic workload.
+
+    system = jaxq.llm.LLMSystem(policy=jaxq.SPRPT(), kv_capacity=[20_000, 40_000], **costs)
+    result = jaxq.llm.simulate(system, WORKLOADS["azure-conversation"](rate=8.0), requests=2000)
+
+Any numeric field of an `LLMSystem` (and of its policy and predictor) may carry batch axes; they
+broadcast together, and every configuration runs `replicas` replicas in one vmapped call.
+Configurations with equal seeds see the same requests and prediction noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from functools import partial
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxq._checks import check_choice, check_nonnegative, check_positive
+from jaxq.llm.engine import (ADMISSION_MODES, PREEMPTION_MODES, EngineParams, EngineSpec,
+                             EngineState, Requests, done, init_state, run)
+from jaxq.llm.workloads import LLMWorkload, Trace
+from jaxq.policies import FCFS, Aging, LLM_POLICIES, Policy
+from jaxq.predictors import Perfect, Predictor
+from jaxq.simulate import CapacityError
+
+QUANTILES = (0.5, 0.9, 0.99)
+_STREAM_WORKLOAD, _STREAM_PREDICTIONS, _STREAM_REFINE = 0, 1, 2
+_INT_FIELDS = ("kv_capacity", "block_size", "max_seqs", "max_batched_tokens", "host_capacity",
+               "max_output", "refine_every")
+_FLOAT_FIELDS = ("iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
+                 "iter_per_kv_token", "swap_per_token")
+
+
+class LLMSystem(eqx.Module):
+    """One LLM engine configuration, or a batch of them (any numeric field may be an array).
+
+    Defaults: vLLM's limits for one RTX 4090 serving Llama-3.1-8B, and that pair's roofline
+    iteration costs (see `jaxq.llm.hardware`); pass `**jaxq.llm.costs(gpu, model)` for others.
+    """
+
+    policy: Policy
+    predictor: Predictor
+    kv_capacity: jax.Array  # tokens of GPU KV cache
+    block_size: jax.Array  # tokens per block
+    max_seqs: jax.Array  # most requests per iteration
+    max_batched_tokens: jax.Array  # token budget per iteration (chunked prefill)
+    host_capacity: jax.Array  # tokens of host memory for swapped KV
+    max_output: jax.Array  # output tokens reserved per request by reserve-max
+    refine_every: jax.Array  # k: redraw the prediction every k tokens (refine=True)
+    iter_base: jax.Array  # seconds
+    iter_per_prefill_token: jax.Array  # seconds
+    iter_per_decode_seq: jax.Array  # seconds
+    iter_per_kv_token: jax.Array  # seconds
+    swap_per_token: jax.Array  # seconds
+    kv_bytes_per_token: jax.Array  # bytes, only to report swapped bytes
+    seed: jax.Array  # int: configurations with equal seeds see the same requests
+    preemption: str = eqx.field(static=True)
+    admission: str = eqx.field(static=True)
+    refine: bool = eqx.field(static=True)
+
+    def __init__(self, policy: Policy | None = None, predictor: Predictor | None = None, *,
+                 kv_capacity=41_408, block_size=16, max_seqs=256, max_batched_tokens=2048,
+                 host_capacity=0, max_output=4096, refine_every=32,
+                 iter_base=0.02, iter_per_prefill_token=1e-4, iter_per_decode_seq=1e-4,
+                 iter_per_kv_token=1.5e-7, swap_per_token=5e-6, kv_bytes_per_token=131_072,
+                 seed=0, preemption="recompute", admission="optimistic", refine=False):
+        self.policy = FCFS() if policy is None else policy
+        self.predictor = Perfect() if predictor is None else predictor
+        for name in _INT_FIELDS:
+            setattr(self, name, jnp.asarray(locals()[name], dtype=jnp.int32))
+        for name in _FLOAT_FIELDS:
+            setattr(self, name, jnp.asarray(locals()[name], dtype=float))
+        self.kv_bytes_per_token = jnp.asarray(kv_bytes_per_token, dtype=float)
+        self.seed = jnp.asarray(seed, dtype=jnp.int32)
+        self.preemption = check_choice("preemption", preemption, PREEMPTION_MODES)
+        self.admission = check_choice("admission", admission, ADMISSION_MODES)
+        self.refine = bool(refine)
+
+    def __check_init__(self):
+        for name in ("block_size", "max_seqs", "max_batched_tokens", "refine_every"):
+            _check_int_at_least(name, getattr(self, name), 1)
+        for name in ("host_capacity", "max_output"):
+            _check_int_at_least(name, getattr(self, name), 0)
+        _check_int_at_least("kv_capacity", self.kv_capacity, 1)
+        blocks = np.asarray(self.kv_capacity) // np.asarray(self.block_size)
+        if np.any(blocks < 1):
+            raise ValueError("kv_capacity must hold at least one block (>= block_size tokens)")
+        for name in _FLOAT_FIELDS + ("kv_bytes_per_token",):
+            check_nonnegative(name, getattr(self, name))
+        base = self.policy
+        while isinstance(base, Aging):
+            base = base.base
+        if base.name not in LLM_POLICIES:
+            raise ValueError(f"unknown policy {base.name!r}; valid: {', '.join(LLM_POLICIES)}")
+
+    @property
+    def spec_fields(self):
+        return self.preemption, self.admission, self.refine
+
+    def params(self) -> EngineParams:
+        return EngineParams(**{name: getattr(self, name) for name in _INT_FIELDS + _FLOAT_FIELDS})
+
+
+def _check_int_at_least(name, value, low):
+    v = np.asarray(value)
+    if isinstance(value, jax.core.Tracer):
+        return
+    if np.any(v < low):
+        raise ValueError(f"{name} must be an integer >= {low}, got {v[v < low].ravel()[0]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMResult:
+    """Per-configuration results; arrays have the LLMSystem's batch shape S in front.
+
+    Per-request metrics cover requests with index >= warmup, pooled over replicas; `*_stderr` is
+    the standard error of a replica's mean across replicas (NaN for one replica)."""
+
+    ttft_mean: np.ndarray  # S, seconds: first-token time minus arrival
+    ttft_stderr: np.ndarray
+    ttft_p50: np.ndarray
+    ttft_p90: np.ndarray
+    ttft_p99: np.ndarray
+    tpot_mean: np.ndarray  # S, seconds per output token after the first (requests with O >= 2)
+    tpot_p50: np.ndarray
+    tpot_p90: np.ndarray
+    tpot_p99: np.ndarray
+    latency_mean: np.ndarray  # S, seconds: finish minus arrival
+    latency_stderr: np.ndarray
+    latency_p50: np.ndarray
+    latency_p90: np.ndarray
+    latency_p99: np.ndarray
+    latency_per_token_mean: np.ndarray  # S, latency / O
+    latency_per_token_p50: np.ndarray
+    latency_per_token_p90: np.ndarray
+    latency_per_token_p99: np.ndarray
+    request_throughput: np.ndarray  # S, requests/s over the whole run (first arrival to last exit)
+    token_throughput: np.ndarray  # S, output tokens/s, same window
+    goodput: np.ndarray  # S, requests/s meeting both SLOs (ttft_slo, tpot_slo)
+    mean_kv_use: np.ndarray  # S, time-average fraction of KV capacity in use while busy
+    peak_kv_tokens: np.ndarray  # S, most KV tokens resident in any iteration of any replica
+    preemptions: np.ndarray  # S, total over replicas
+    recomputed_tokens: np.ndarray  # S, KV tokens dropped by recompute, total over replicas
+    swapped_tokens: np.ndarray  # S, KV tokens moved to or from host, total over replicas
+    swapped_bytes: np.ndarray  # S, swapped_tokens * kv_bytes_per_token
+    mean_batch_size: np.ndarray  # S, requests per iteration
+    mean_queue_length: np.ndarray  # S, time average of requests in system not in the batch
+    iterations: np.ndarray  # S, total over replicas
+    completed: np.ndarray  # S, measured requests that finished, over replicas
+    overflow: np.ndarray  # S, boundaries at which an arrival found no free slot (0: valid)
+    unfinished: np.ndarray  # S, requests still in system when the run was stopped
+    ttft: np.ndarray  # S + (R, N) per request, NaN if never produced
+    latency: np.ndarray  # S + (R, N)
+    request_preemptions: np.ndarray  # S + (R, N)
+    arrival_time: np.ndarray  # S + (R, N), seconds from the first arrival
+    output_tokens: np.ndarray  # S + (R, N)
+    seconds: float  # wall time, compilation included
+
+    def to_dict(self, index=()) -> dict:
+        """Scalar metrics of one configuration (for --json)."""
+        skip = {"ttft", "latency", "request_preemptions", "arrival_time", "output_tokens",
+                "seconds"}
+        out = {}
+        for field in dataclasses.fields(self):
+            if field.name in skip:
+                continue
+            value = np.asarray(getattr(self, field.name))[index]
+            out[field.name] = value.item() if value.ndim == 0 else value.tolist()
+        out["seconds"] = self.seconds
+        return out
+
+
+def trace_requests(trace: Trace, *, dtype=None) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                          np.ndarray | None]:
+    """(gaps, prompt, output, predictions or None) on the clock of the first arrival."""
+    t = trace.arrival_time - trace.arrival_time[0]
+    gaps = np.diff(t, prepend=0.0)
+    return gaps, trace.prompt_tokens, trace.output_tokens, trace.predicted_output_tokens
+
+
+def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int | None = None,
+             replicas: int = 1, slots: int | None = None, warmup: int | None = None,
+             ttft_slo: float = math.inf, tpot_slo: float = math.inf, key=0,
+             on_overflow: str = "raise", steps_per_call: int = 4096, max_iterations=None,
+             progress=None) -> LLMResult:
+    """Simulate every configuration of `system` (times `replicas`) on the workload.
+
+    workload: a synthetic `LLMWorkload` (then `requests` per replica is required) or a `Trace`
+    (replayed as is; `requests` must be None). slots: requests the engine can hold at once
+    (default: all of a trace's, or 1024). warmup: requests excluded from the metrics (default 0
+    for a trace, requests // 10 for a synthetic workload). progress: None, or a callable
+    (finished requests, total) called between compiled calls.
+    """
+    start = time.perf_counter()
+    if not isinstance(system, LLMSystem):
+        raise TypeError(f"system must be a jaxq.llm.LLMSystem, got {type(system).__name__}")
+    check_choice("on_overflow", on_overflow, ("raise", "warn", "ignore"))
+    check_positive("ttft_slo", ttft_slo) if math.isfinite(ttft_slo) else None
+    check_positive("tpot_slo", tpot_slo) if math.isfinite(tpot_slo) else None
+    _check_count("replicas", replicas, 1)
+    is_trace = isinstance(workload, Trace)
+    if is_trace:
+        if requests is not None:
+            raise ValueError("requests is set by the trace; leave it out when replaying one")
+        n = len(workload)
+    else:
+        if not isinstance(workload, LLMWorkload):
+            raise TypeError("workload must be an LLMWorkload or a Trace, got "
+                            f"{type(workload).__name__}")
+        _check_count("requests", requests, 1)
+        n = requests
+    slots = min(n, 1024) if slots is None else slots
+    _check_count("slots", slots, 1)
+    warmup = (0 if is_trace else n // 10) if warmup is None else warmup
+    _check_count("warmup", warmup, 0)
+    if warmup >= n:
+        raise ValueError(f"warmup must be below the number of requests ({n}), got {warmup}")
+
+    shape = _batch_shape(system)
+    flat = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape).reshape(-1), system)
+    b = math.prod(shape) if shape else 1
+    keys = _keys(jax.random.key(key) if isinstance(key, int) else key, flat.seed, replicas)
+    per = jax.tree_util.tree_map(lambda x: jnp.repeat(x, replicas, axis=0), flat)
+    keys = keys.reshape(-1)
+    reqs = _requests(per, workload, keys, n, is_trace)
+    _check_fits(per, reqs, workload if is_trace else None)
+    spec = EngineSpec(slots=slots, preemption=system.preemption, admission=system.admission,
+                      refine=system.refine)
+    refine_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_REFINE))(keys)
+    state = _init(spec, reqs)
+    limit = (max_iterations if max_iterations is not None
+             else 20 * int(np.max(np.sum(np.asarray(reqs.prompt) + np.asarray(reqs.output),
+                                         axis=-1))) + 1000)
+    steps = 0
+    while steps < limit:
+        state = _advance(spec, per.params(), per.policy, per.predictor, reqs, refine_keys,
+                         state, jnp.asarray(min(steps_per_call, limit - steps), jnp.int32))
+        steps += steps_per_call
+        finished = int(jnp.sum(state.totals.finished))
+        if progress is not None:
+            progress(finished, b * replicas * n)
+        if finished >= b * replicas * n:
+            break
+    result = _summarise(per, state, reqs, shape, replicas, warmup, ttft_slo, tpot_slo,
+                        time.perf_counter() - start)
+    _report_problems(result, slots, on_overflow)
+    return result
+
+
+def _check_count(name, value, low):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _batch_shape(system: LLMSystem) -> tuple[int, ...]:
+    try:
+        return np.broadcast_shapes(*[jnp.shape(x) for x in jax.tree_util.tree_leaves(system)])
+    except ValueError as err:
+        raise ValueError(f"the LLMSystem's batch axes do not broadcast together: {err}") from None
+
+
+def _keys(key, seeds, replicas):
+    """(B, R) keys, one per configuration seed and replica, independent of the batch."""
+    return jax.vmap(lambda s: jax.vmap(lambda r: jax.random.fold_in(
+        jax.random.fold_in(key, s), r))(jnp.arange(replicas)))(seeds)
+
+
+def _requests(per: LLMSystem, workload, keys, n, is_trace) -> Requests:
+    """(B*R, N) requests: the trace's, or sampled per (configuration, replica)."""
+    count = keys.shape[0]
+    ftype = jnp.zeros(()).dtype
+    pred_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_PREDICTIONS))(keys)
+    if is_trace:
+        gaps, prompt, output, given = trace_requests(workload)
+        gaps = jnp.broadcast_to(jnp.asarray(gaps, ftype), (count, n))
+        prompt = jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (count, n))
+        output = jnp.broadcast_to(jnp.asarray(output, jnp.int32), (count, n))
+    else:
+        work_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_WORKLOAD))(keys)
+        gaps, p, o = jax.vmap(lambda k: workload.sample(k, n))(work_keys)
+        gaps, prompt, output = gaps.astype(ftype), p.astype(jnp.int32), o.astype(jnp.int32)
+        given = None
+    if given is not None:
+        prediction = jnp.broadcast_to(jnp.asarray(given, ftype), (count, n))
+    else:
+        prediction = jax.vmap(lambda pr, k, o: pr.predict(k, o.astype(ftype)))(
+            per.predictor, pred_keys, output)
+    # A prediction of 0 tokens carries no information the model can use; 1 is the least output.
+    prediction = jnp.maximum(prediction, 1e-6)
+    return Requests(gap=gaps, prompt=prompt, output=output, prediction=prediction)
+
+
+def _check_fits(per: LLMSystem, reqs: Requests, trace: Trace | None):
+    """Every request's peak KV, P + O - 1 tokens, must fit in the KV capacity on its own."""
+    need = np.asarray(reqs.prompt, np.int64) + np.asarray(reqs.output, np.int64) - 1
+    b = np.asarray(per.block_size, np.int64)[:, None]
+    cap = (np.asarray(per.kv_capacity, np.int64)[:, None] // b)
+    too_big = -(-need // b) > cap
+    if np.any(too_big):
+        row, col = np.argwhere(too_big)[0]
+        where = (f"{trace.source}: request on data line {col + 1}" if trace is not None
+                 else f"sampled request {col}")
+        raise ValueError(
+            f"{where} needs {need[row, col]} KV tokens (prompt {int(reqs.prompt[row, col])} + "
+            f"output {int(reqs.output[row, col])} - 1), more than kv_capacity "
+            f"{int(per.kv_capacity[row])} holds ({int(cap[row, 0])} blocks of "
+            f"{int(b[row, 0])}); raise --kv-capacity or shorten the request")
+
+
+@partial(jax.jit, static_argnums=0)
+def _init(spec, reqs):
+    return jax.vmap(lambda r: init_state(spec, r))(reqs)
+
+
+@partial(jax.jit, static_argnums=0, donate_argnums=6)
+def _advance(spec, params, policy, predictor, reqs, keys, state, steps):
+    return jax.vmap(lambda p, pol, pr, r, k, s: run(spec, p, pol, pr, r, k, s, steps))(
+        params, policy, predictor, reqs, keys, state)
+
+
+def _quantiles(x, axis):
+    return [np.nanquantile(x, q, axis=axis) if x.shape[axis] else np.nan for q in QUANTILES]
+
+
+def _summarise(per, state: EngineState, reqs: Requests, shape, replicas, warmup, ttft_slo,
+               tpot_slo, seconds) -> LLMResult:
+    grid = lambda x: np.asarray(x).reshape(shape + (replicas,) + np.shape(x)[1:])  # noqa: E731
+    ttft, latency = grid(state.ttft), grid(state.latency)
+    output = grid(reqs.output)
+    arrival = np.cumsum(np.asarray(reqs.gap, np.float64), axis=-1)
+    arrival = grid(arrival)
+    t = jax.tree_util.tree_map(grid, state.totals)
+    measured = np.arange(ttft.shape[-1]) >= warmup
+    pooled = lambda x: x[..., measured].reshape(shape + (-1,))  # noqa: E731
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(output >= 2, (latency - ttft) / (output - 1), np.nan)
+        per_token = latency / output
+        met = (ttft <= ttft_slo) & (np.nan_to_num(tpot, nan=0.0) <= tpot_slo) & ~np.isnan(latency)
+        elapsed = t.elapsed
+        replica_ttft = np.nanmean(ttft[..., measured], axis=-1)
+        replica_latency = np.nanmean(latency[..., measured], axis=-1)
+        stderr = lambda x: (np.std(x, axis=-1, ddof=1) / np.sqrt(replicas)  # noqa: E731
+                            if replicas > 1 else np.full(shape, np.nan))
+        sums = lambda x: np.sum(x, axis=-1)  # noqa: E731
+        kv_cap = np.broadcast_to(np.asarray(per.kv_capacity), (per.kv_capacity.shape[0],))
+        kv_cap = kv_cap.reshape(shape + (replicas,)).astype(np.float64)
+        stats = {}
+        for name, x in (("ttft", ttft), ("tpot", tpot), ("latency", latency),
+                        ("latency_per_token", per_token)):
+            values = pooled(x)
+            stats[f"{name}_mean"] = np.nanmean(values, axis=-1)
+            for q, v in zip(QUANTILES, _quantiles(values, -1)):
+                stats[f"{name}_p{int(round(q * 100))}"] = v
+        n_measured = np.sum(~np.isnan(pooled(latency)), axis=-1)
+        result = LLMResult(
+            **stats,
+            ttft_stderr=stderr(replica_ttft), latency_stderr=stderr(replica_latency),
+            request_throughput=np.mean(ttft.shape[-1] / elapsed, axis=-1),
+            token_throughput=np.mean(np.sum(output, axis=-1) / elapsed, axis=-1),
+            goodput=np.mean(np.sum(met[..., measured], axis=-1) / elapsed, axis=-1),
+            mean_kv_use=np.mean(t.kv_token_seconds / t.busy_time / kv_cap, axis=-1),
+            peak_kv_tokens=np.max(t.peak_kv_tokens, axis=-1),
+            preemptions=sums(t.preemptions), recomputed_tokens=sums(t.recomputed_tokens),
+            swapped_tokens=sums(t.swapped_tokens),
+            swapped_bytes=sums(t.swapped_tokens * np.asarray(per.kv_bytes_per_token).reshape(
+                shape + (replicas,))),
+            mean_batch_size=np.sum(t.batched, -1) / np.sum(t.iterations, -1),
+            mean_queue_length=np.mean(t.waiting_seconds / elapsed, axis=-1),
+            iterations=sums(t.iterations), completed=n_measured,
+            overflow=sums(t.overflow),
+            unfinished=sums(ttft.shape[-1] - t.finished),
+            ttft=ttft, latency=latency, request_preemptions=grid(state.preemptions),
+            arrival_time=arrival, output_tokens=output, seconds=seconds)
+    return result
+
+
+def _report_problems(result: LLMResult, slots, on_overflow):
+    if on_overflow == "ignore":
+        return
+    problems = []
+    if np.any(result.overflow > 0):
+        problems.append(f"{int(np.sum(result.overflow > 0))} configuration(s) had more requests "
+                        f"in system than slots ({slots}): raise --slots")
+    if np.any(result.unfinished > 0):
+        problems.append(f"{int(np.sum(result.unfinished))} request(s) had not finished when the "
+                        f"iteration limit was reached: raise max_iterations")
+    if not problems:
+        return
+    message = "; ".join(problems) + " (results of those configurations are not the model's)"
+    if on_overflow == "raise":
+        raise CapacityError(message)
+    import warnings
+    warnings.warn(message, RuntimeWarning, stacklevel=3)

@@ -1,0 +1,420 @@
+"""Reference LLM engine: a slow, plain-Python, iteration-by-iteration simulator of the model in
+the "LLM engine model" text (continuous batching, chunked prefill, a hard KV-cache limit,
+preemption by recompute or swap, admission modes, prediction refinement).
+
+The fast JAX engine is tested against this file request by request, so it is written to be checked
+by reading, not to be fast: one explicit loop over iteration boundaries, one explicit record per
+request, and every quantity of the text (q_i, D_i, H_i, R_i, C, blk) computed under its own name.
+Tokens and blocks are Python ints; time is a Python float kept on an absolute clock `now`
+(the same clock as the arrival times), and an iteration ends at now + dt.
+
+Choices made where the text leaves room (the most literal reading in each case):
+
+1. The engine starts empty, so the first boundary is the first arrival time (the "time jumps to
+   the next arrival" rule applied at the start; there is no separate time origin).
+2. q_i = min(u_i, T - (u_1 + ... + u_{i-1})) is computed with the sum of the u's, exactly as
+   written. Over the admissible prefix this equals the sum of the q's (only the last admitted
+   position can get a partial chunk, and after it every q is < 1).
+3. H_i is the sum of blk(n) over the resident requests at positions 1..i (including i), so
+   D_i + H_i is the memory of positions 1..i after they grow. For the "keep" rule after position
+   L, H_l is the same sum over positions 1..l; it only grows with l, so "keep as long as it fits"
+   and "keep each that fits" give the same result (the loop below stops at the first that does not
+   fit, as "as long as" says).
+4. R_i sums the reservation over all positions 1..i, resident ones included; the condition is only
+   checked for a non-resident request at i > 1. ceil(yhat) is math.ceil of the current float
+   prediction (the refined one if refinement is on).
+5. The special "cannot grow" rule applies when position L + 1 exists, is resident, has
+   q_{L+1} >= 1 and L + 1 <= S; then it and every resident request after it are preempted.
+   Otherwise the keep rule applies (including when L + 1 is resident but has no token budget or is
+   beyond max_seqs).
+6. Swap: the host blocks free at the boundary are C_host - (sum of blk(n) over requests swapped at
+   the boundary), counting those that are swapped back in during this iteration. The preempted
+   requests are walked in rank order; each is swapped while the running sum of swapped blocks fits;
+   from the first that does not fit on, all the rest are recomputed (even a smaller one later).
+   A request swapped back in pays n * swap_per_token (its host n, before processing q).
+7. A request is decoding when g >= 1 and u = 1 (u before the iteration); every other batch member
+   is a prefill request and its q counts as prefill tokens. kv attended = sum of (n + q) over the
+   batch with n before the iteration (for a swapped request its host n).
+8. dt is summed left to right exactly as
+   iter_base + iter_per_prefill_token * prefill + iter_per_decode_seq * decode
+   + iter_per_kv_token * kv + swap_per_token * swapped.
+9. Ranks: age = now - arrival at the boundary. The primary of every policy is a float
+   (float(O), float(P), yhat - g, ...); aging is applied as primary - aging * age. linear sums
+   its terms left to right in the order the text lists them, with n = KV tokens held at the
+   boundary (host tokens for a swapped request, 0 for one with nothing) and peak = P + yhat.
+   sprpt-limited is "locked" whenever g > c * yhat, but only a resident locked request is in
+   class 0. The `preemptive` flag is shared by onebit and linear and defaults to False for both
+   (as the API of this file says; note jaxq.policies.Linear defaults to preemptive=True).
+10. A request leaves at the end of the iteration producing token O, and its blocks are freed
+    then: the log's "after" figures do not include requests that just finished, but
+    peak_kv_tokens (the max of the log's kv_tokens_during) does: it is the memory in use while
+    the iteration runs.
+11. The first-token time is set once, when g first becomes 1; a recomputed request that produces
+    another token later does not change it.
+12. Refinement runs right after a token is produced (g < O only), in batch order, and is seen by
+    the ranking at the next boundary. refine_multiplier(index, g // refine_every) gives M.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable
+
+POLICIES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
+            "onebit", "linear", "sjf-prompt")
+PREEMPTION_MODES = ("recompute", "swap")
+ADMISSION_MODES = ("optimistic", "reserve-predicted", "reserve-max")
+
+# Where a request's KV lives.
+NOWHERE = "nowhere"    # n == 0: new, or preempted by recompute
+RESIDENT = "resident"  # on the GPU
+SWAPPED = "swapped"    # in host memory
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceConfig:
+    policy: str = "fcfs"
+    c: float = 0.5            # sprpt-limited
+    threshold: float = 1.0    # onebit
+    preemptive: bool = False  # onebit and linear
+    w_prediction: float = 0.0  # linear ...
+    w_remaining: float = 1.0
+    w_attained: float = 0.0
+    w_age: float = 0.0
+    w_prompt: float = 0.0
+    w_kv: float = 0.0
+    w_peak: float = 0.0
+    aging: float = 0.0        # any policy: primary - aging * (time in system)
+    preemption: str = "recompute"  # or "swap"
+    admission: str = "optimistic"  # or "reserve-predicted", "reserve-max"
+    kv_capacity: int = 4096
+    block_size: int = 1
+    max_seqs: int = 256
+    max_batched_tokens: int = 2048
+    host_capacity: int = 0
+    max_output: int = 4096
+    iter_base: float = 0.01
+    iter_per_prefill_token: float = 1e-4
+    iter_per_decode_seq: float = 1e-3
+    iter_per_kv_token: float = 1e-6
+    swap_per_token: float = 1e-5
+    refine_every: int = 0     # 0: no refinement
+    # (request index, m) -> M for the m-th refinement of that request (m = g // refine_every)
+    refine_multiplier: Callable[[int, int], float] | None = None
+
+
+@dataclasses.dataclass
+class ReferenceResult:
+    first_token_time: list[float]  # per request, absolute
+    finish_time: list[float]       # per request, absolute
+    preemptions: list[int]         # per request
+    iterations: int
+    total_preemptions: int
+    recomputed_tokens: int         # sum of n dropped by recompute preemptions
+    swapped_tokens: int            # tokens moved to or from the host (both directions)
+    peak_kv_tokens: int            # max over iterations of resident KV tokens during the iteration
+    # One dict per iteration:
+    #   time: end of the iteration; dt: its length
+    #   batch: request indices in rank order; q: tokens each processed (aligned with batch)
+    #   tokens: sum of q; prefill_tokens, decode_seqs, kv_attended: the terms of dt
+    #   kv_tokens, kv_blocks: resident KV after the iteration (finished requests freed)
+    #   host_blocks: host blocks in use after the iteration
+    #   preempted: indices preempted at this boundary (rank order)
+    #   swapped_out: the subset swapped to the host; recomputed: the subset recomputed, with
+    #   recomputed_n: the n each of those dropped (aligned with recomputed)
+    #   swapped_in: batch members that came back from the host; swap_tokens: in + out
+    #   finished: indices that produced their last token in this iteration
+    log: list[dict]
+
+
+@dataclasses.dataclass
+class _Request:
+    index: int
+    arrival: float
+    P: int
+    O: int
+    yhat: float
+    g: int = 0          # output tokens generated so far
+    n: int = 0          # tokens whose KV the request holds
+    where: str = NOWHERE
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    preemptions: int = 0
+
+    @property
+    def u(self) -> int:
+        """Known tokens still to be processed."""
+        return self.P + self.g - self.n
+
+
+def _blk(n: int, b: int) -> int:
+    """Blocks used by n tokens: ceil(n / b), in integers."""
+    return -(-n // b)
+
+
+def _rank_key(cfg: ReferenceConfig, r: _Request, now: float) -> tuple:
+    """(class, primary, tiebreak) of request r at the boundary `now`; lower is served first."""
+    age = now - r.arrival
+    resident = r.where == RESIDENT
+    g, O, P, n, yhat = r.g, r.O, r.P, r.n, r.yhat
+    tiebreak = r.index
+    p = cfg.policy
+    if p == "fcfs":
+        primary, locked = 0.0, resident
+    elif p == "las":
+        primary, locked = float(g), False
+    elif p == "sjf":
+        primary, locked = float(O), resident
+    elif p == "psjf":
+        primary, locked = float(O), False
+    elif p == "srpt":
+        primary, locked = float(O - g), False
+    elif p == "spjf":
+        primary, locked = yhat, resident
+    elif p == "pspjf":
+        primary, locked = yhat, False
+    elif p == "sprpt":
+        primary, locked = yhat - g, False
+    elif p == "sprpt-limited":
+        primary, locked = yhat - g, g > cfg.c * yhat
+    elif p == "onebit":
+        short = yhat < cfg.threshold
+        primary = 0.0 if short else 1.0
+        tiebreak = -r.index if (short and cfg.preemptive) else r.index
+        locked = resident and not cfg.preemptive
+    elif p == "linear":
+        primary = (cfg.w_prediction * yhat + cfg.w_remaining * (yhat - g) + cfg.w_attained * g
+                   + cfg.w_age * age + cfg.w_prompt * P + cfg.w_kv * n + cfg.w_peak * (P + yhat))
+        locked = resident and not cfg.preemptive
+    elif p == "sjf-prompt":
+        primary, locked = float(P), resident
+    else:  # pragma: no cover - validated before
+        raise ValueError(p)
+    primary = primary - cfg.aging * age
+    cls = 0 if (resident and locked) else 1
+    return (cls, primary, tiebreak)
+
+
+def _validate(arrival_time, prompt, output, prediction, cfg: ReferenceConfig) -> None:
+    N = len(arrival_time)
+    if not (len(prompt) == len(output) == len(prediction) == N):
+        raise ValueError("arrival_time, prompt, output and prediction must have the same length")
+    if cfg.policy not in POLICIES:
+        raise ValueError(f"unknown policy {cfg.policy!r}")
+    if cfg.preemption not in PREEMPTION_MODES:
+        raise ValueError(f"unknown preemption mode {cfg.preemption!r}")
+    if cfg.admission not in ADMISSION_MODES:
+        raise ValueError(f"unknown admission mode {cfg.admission!r}")
+    for name in ("block_size", "max_seqs", "max_batched_tokens", "max_output"):
+        if int(getattr(cfg, name)) < 1:
+            raise ValueError(f"{name} must be >= 1")
+    if cfg.kv_capacity < 0 or cfg.host_capacity < 0 or cfg.refine_every < 0:
+        raise ValueError("kv_capacity, host_capacity and refine_every must be >= 0")
+    if cfg.refine_every > 0 and cfg.refine_multiplier is None:
+        raise ValueError("refine_every > 0 needs a refine_multiplier")
+    b = cfg.block_size
+    C = cfg.kv_capacity // b
+    for i in range(N):
+        if i > 0 and not arrival_time[i] >= arrival_time[i - 1]:
+            raise ValueError("arrival times must be non-decreasing")
+        if not math.isfinite(arrival_time[i]):
+            raise ValueError("arrival times must be finite")
+        if int(prompt[i]) < 1 or int(output[i]) < 1:
+            raise ValueError(f"request {i}: prompt and output must be >= 1")
+        if not (prediction[i] > 0 and math.isfinite(prediction[i])):
+            raise ValueError(f"request {i}: prediction must be finite and > 0")
+        if _blk(int(prompt[i]) + int(output[i]) - 1, b) > C:
+            raise ValueError(f"request {i}: peak KV of {int(prompt[i]) + int(output[i]) - 1} "
+                             f"tokens needs more than the {C} blocks of the GPU")
+
+
+def run_reference(arrival_time, prompt, output, prediction, config: ReferenceConfig
+                  ) -> ReferenceResult:
+    cfg = config
+    _validate(arrival_time, prompt, output, prediction, cfg)
+    N = len(arrival_time)
+    b = cfg.block_size
+    C = cfg.kv_capacity // b           # GPU blocks
+    C_host = cfg.host_capacity // b    # host blocks
+    T = cfg.max_batched_tokens
+    S = cfg.max_seqs
+
+    requests = [_Request(index=i, arrival=float(arrival_time[i]), P=int(prompt[i]),
+                         O=int(output[i]), yhat=float(prediction[i])) for i in range(N)]
+    in_system: list[_Request] = []   # entered and not finished, in arrival order
+    next_arrival = 0                 # index of the first request that has not entered yet
+    finished = 0
+    now = -math.inf                  # the engine starts empty: the first boundary is a jump
+    log: list[dict] = []
+    recomputed_tokens = 0
+    swapped_tokens = 0
+
+    while finished < N:
+        # ---- The boundary at `now`: arrivals enter; if empty, jump to the next arrival. ----
+        while next_arrival < N and requests[next_arrival].arrival <= now:
+            in_system.append(requests[next_arrival])
+            next_arrival += 1
+        if not in_system:
+            now = requests[next_arrival].arrival
+            while next_arrival < N and requests[next_arrival].arrival <= now:
+                in_system.append(requests[next_arrival])
+                next_arrival += 1
+
+        # ---- Ranking: sort by (class, primary, tiebreak). ----
+        order = sorted(in_system, key=lambda r: _rank_key(cfg, r, now))
+
+        # ---- Forming the batch: the longest admissible prefix, positions 1..L. ----
+        batch: list[tuple[_Request, int]] = []  # (request, q)
+        sum_u_before = 0   # u_1 + ... + u_{i-1}
+        D = 0              # D_{i-1}, then D_i
+        H = 0              # H_{i-1}, then H_i
+        R = 0              # R_{i-1}, then R_i
+        L = 0
+        for i, r in enumerate(order, start=1):
+            u = r.u
+            q = min(u, T - sum_u_before)
+            resident = r.where == RESIDENT
+            if q < 1 or i > S:
+                break
+            D_i = D + (_blk(r.n + q, b) - _blk(r.n, b) if resident else _blk(r.n + q, b))
+            H_i = H + (_blk(r.n, b) if resident else 0)
+            if cfg.admission == "reserve-predicted":
+                R_i = R + min(_blk(r.P + max(math.ceil(r.yhat), r.g + 1) - 1, b), C)
+            elif cfg.admission == "reserve-max":
+                R_i = R + min(_blk(r.P + max(cfg.max_output, r.g + 1) - 1, b), C)
+            else:
+                R_i = R
+            if D_i + H_i > C:
+                break
+            if not resident and i > 1 and cfg.admission != "optimistic" and R_i > C:
+                break
+            batch.append((r, q))
+            sum_u_before += u
+            D, H, R = D_i, H_i, R_i
+            L = i
+        assert L >= 1, "position 1 is always admissible"
+
+        # ---- Which resident requests after position L are preempted. ----
+        after = order[L:]
+        preempted: list[_Request] = []
+        if after:
+            nxt = after[0]
+            q_next = min(nxt.u, T - sum_u_before)
+            cannot_grow = nxt.where == RESIDENT and q_next >= 1 and L + 1 <= S
+        else:
+            cannot_grow = False
+        if cannot_grow:
+            preempted = [r for r in after if r.where == RESIDENT]
+        else:
+            H_l = H  # H_L
+            fits = True
+            for r in after:
+                if r.where != RESIDENT:
+                    continue
+                H_l += _blk(r.n, b)
+                if fits and D + H_l <= C:
+                    continue  # keeps its KV
+                fits = False
+                preempted.append(r)
+
+        # ---- Preemption: swap while the host has room, recompute from the first that does not
+        #      fit on. ----
+        host_free = C_host - sum(_blk(r.n, b) for r in in_system if r.where == SWAPPED)
+        swapped_out, recomputed, recomputed_n = [], [], []
+        swap_out_tokens = 0
+        host_used = 0
+        may_swap = cfg.preemption == "swap"
+        for r in preempted:
+            r.preemptions += 1
+            if may_swap and host_used + _blk(r.n, b) <= host_free:
+                host_used += _blk(r.n, b)
+                swap_out_tokens += r.n
+                r.where = SWAPPED
+                swapped_out.append(r.index)
+            else:
+                may_swap = False
+                recomputed_tokens += r.n
+                recomputed.append(r.index)
+                recomputed_n.append(r.n)
+                r.n = 0
+                r.where = NOWHERE
+
+        # ---- The iteration's length. ----
+        prefill_tokens = 0
+        decode_seqs = 0
+        kv_attended = 0
+        swap_in_tokens = 0
+        swapped_in = []
+        for r, q in batch:
+            if r.g >= 1 and r.u == 1:
+                decode_seqs += 1
+            else:
+                prefill_tokens += q
+            kv_attended += r.n + q
+            if r.where == SWAPPED:
+                swap_in_tokens += r.n
+                swapped_in.append(r.index)
+        swap_tokens = swap_out_tokens + swap_in_tokens
+        swapped_tokens += swap_tokens
+        dt = (cfg.iter_base + cfg.iter_per_prefill_token * prefill_tokens
+              + cfg.iter_per_decode_seq * decode_seqs + cfg.iter_per_kv_token * kv_attended
+              + cfg.swap_per_token * swap_tokens)
+        end = now + dt
+
+        # ---- The iteration: everything dated at its end. ----
+        done = []
+        for r, q in batch:
+            r.n += q
+            r.where = RESIDENT
+            if r.n == r.P + r.g:
+                r.g += 1
+                if r.g == 1:
+                    r.first_token_time = end
+                if r.g == r.O:
+                    r.finish_time = end
+                    done.append(r)
+                elif cfg.refine_every > 0 and r.g % cfg.refine_every == 0:
+                    M = float(cfg.refine_multiplier(r.index, r.g // cfg.refine_every))
+                    r.yhat = r.g + (r.O - r.g) * M ** ((r.O - r.g) / r.O)
+        # The memory in use during the iteration: finishing requests still hold their KV.
+        kv_tokens_during = sum(r.n for r in in_system if r.where == RESIDENT)
+        for r in done:
+            in_system.remove(r)
+            r.where = NOWHERE  # leaves, freeing its blocks
+            finished += 1
+        now = end
+
+        log.append({
+            "time": end,
+            "dt": dt,
+            "batch": [r.index for r, _ in batch],
+            "q": [q for _, q in batch],
+            "tokens": sum(q for _, q in batch),
+            "prefill_tokens": prefill_tokens,
+            "decode_seqs": decode_seqs,
+            "kv_attended": kv_attended,
+            "kv_tokens_during": kv_tokens_during,
+            "kv_tokens": sum(r.n for r in in_system if r.where == RESIDENT),
+            "kv_blocks": sum(_blk(r.n, b) for r in in_system if r.where == RESIDENT),
+            "host_blocks": sum(_blk(r.n, b) for r in in_system if r.where == SWAPPED),
+            "preempted": [r.index for r in preempted],
+            "swapped_out": swapped_out,
+            "recomputed": recomputed,
+            "recomputed_n": recomputed_n,
+            "swapped_in": swapped_in,
+            "swap_tokens": swap_tokens,
+            "finished": [r.index for r in done],
+        })
+
+    return ReferenceResult(
+        first_token_time=[r.first_token_time for r in requests],
+        finish_time=[r.finish_time for r in requests],
+        preemptions=[r.preemptions for r in requests],
+        iterations=len(log),
+        total_preemptions=sum(r.preemptions for r in requests),
+        recomputed_tokens=recomputed_tokens,
+        swapped_tokens=swapped_tokens,
+        peak_kv_tokens=max((e["kv_tokens_during"] for e in log), default=0),
+        log=log,
+    )

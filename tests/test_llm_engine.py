@@ -1,0 +1,226 @@
+"""The LLM engine against the plain-Python reference (exact, request by request), against the
+queue engine and the Lindley recursion where the model reduces to a single-server queue, and
+invariants under memory pressure."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxq
+from jaxq.llm.simulate import LLMSystem, simulate
+from jaxq.llm.workloads import Trace
+from jaxq.policies import Aging
+from llm_reference import ReferenceConfig, run_reference
+
+POLICY_CASES = {
+    "fcfs": (lambda: jaxq.FCFS(), {}),
+    "sjf-prompt": (lambda: jaxq.policies.SJFPrompt(), {}),
+    "spjf": (lambda: jaxq.SPJF(), {}),
+    "pspjf": (lambda: jaxq.PSPJF(), {}),
+    "sprpt": (lambda: jaxq.SPRPT(), {}),
+    "sprpt-limited": (lambda: jaxq.SPRPTLimited(0.4), {"c": 0.4}),
+    "onebit": (lambda: jaxq.OneBit(9.0, False), {"threshold": 9.0}),
+    "onebit-preemptive": (lambda: jaxq.OneBit(9.0, True), {"threshold": 9.0, "preemptive": True}),
+    "linear": (lambda: jaxq.Linear(0.5, 1.0, -0.2, 0.3, preemptive=True, w_prompt=0.05,
+                                   w_kv=-0.02, w_peak=0.1),
+               {"w_prediction": 0.5, "w_remaining": 1.0, "w_attained": -0.2, "w_age": 0.3,
+                "preemptive": True, "w_prompt": 0.05, "w_kv": -0.02, "w_peak": 0.1}),
+    "las": (lambda: jaxq.LAS(), {}),
+    "srpt": (lambda: jaxq.SRPT(), {}),
+    "sjf": (lambda: jaxq.SJF(), {}),
+}
+REFERENCE_NAME = {"onebit-preemptive": "onebit"}
+
+
+def _instance(seed, n=24):
+    rng = np.random.default_rng(seed)
+    arrival = np.cumsum(rng.exponential(0.05, n))
+    prompt = rng.integers(1, 40, n)
+    output = rng.integers(1, 25, n)
+    prediction = output * np.exp(rng.normal(0.0, 0.7, n))
+    return arrival, prompt, output, prediction
+
+
+def _config(seed):
+    rng = np.random.default_rng(1000 + seed)
+    block = int(rng.choice([1, 4, 8]))
+    return dict(kv_capacity=int(rng.integers(72, 160)) // block * block + block * 2,
+                block_size=block, max_seqs=int(rng.integers(2, 7)),
+                max_batched_tokens=int(rng.integers(10, 70)),
+                host_capacity=int(rng.integers(0, 120)), max_output=int(rng.integers(20, 40)),
+                iter_base=0.01, iter_per_prefill_token=3e-4, iter_per_decode_seq=2e-3,
+                iter_per_kv_token=1e-5, swap_per_token=7e-5)
+
+
+def _run_engine(policy, arrival, prompt, output, prediction, *, preemption, admission,
+                predictor=None, refine_every=None, seed=0, **limits):
+    trace = Trace(arrival_time=np.asarray(arrival, np.float64),
+                  prompt_tokens=np.asarray(prompt), output_tokens=np.asarray(output),
+                  predicted_output_tokens=np.asarray(prediction, np.float64), source="test")
+    system = LLMSystem(policy, predictor, preemption=preemption, admission=admission,
+                       refine=refine_every is not None,
+                       refine_every=1 if refine_every is None else refine_every, seed=seed,
+                       **limits)
+    return simulate(system, trace, key=0)
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _compare(result, ref, arrival):
+    first = arrival + result.ttft[0]
+    finish = arrival + result.latency[0]
+    np.testing.assert_allclose(first, ref.first_token_time, rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(finish, ref.finish_time, rtol=1e-11, atol=1e-9)
+    np.testing.assert_array_equal(result.request_preemptions[0], ref.preemptions)
+    assert int(result.iterations) == ref.iterations
+    assert int(result.preemptions) == ref.total_preemptions
+    assert int(result.recomputed_tokens) == ref.recomputed_tokens
+    assert int(result.swapped_tokens) == ref.swapped_tokens
+    assert int(result.peak_kv_tokens) == ref.peak_kv_tokens
+
+
+@pytest.mark.parametrize("admission", ["optimistic", "reserve-predicted", "reserve-max"])
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+@pytest.mark.parametrize("policy_name", sorted(POLICY_CASES))
+def test_matches_reference(policy_name, preemption, admission):
+    make, options = POLICY_CASES[policy_name]
+    preempted = 0
+    for seed in range(3):
+        arrival, prompt, output, prediction = _instance(seed)
+        limits = _config(seed)
+        result = _run_engine(make(), arrival, prompt, output, prediction,
+                             preemption=preemption, admission=admission, **limits)
+        ref = run_reference(arrival, prompt, output, prediction, ReferenceConfig(
+            policy=REFERENCE_NAME.get(policy_name, policy_name), preemption=preemption,
+            admission=admission, **options, **limits))
+        _compare(result, ref, arrival)
+        preempted += ref.total_preemptions
+    if admission == "optimistic":
+        assert preempted > 0  # the instances do put the memory under pressure
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+def test_aging_matches_reference(preemption):
+    arrival, prompt, output, prediction = _instance(7)
+    limits = _config(7)
+    result = _run_engine(Aging(jaxq.SPRPT(), 40.0), arrival, prompt, output, prediction,
+                         preemption=preemption, admission="optimistic", **limits)
+    ref = run_reference(arrival, prompt, output, prediction, ReferenceConfig(
+        policy="sprpt", aging=40.0, preemption=preemption, **limits))
+    _compare(result, ref, arrival)
+
+
+def test_refinement_matches_reference():
+    arrival, prompt, output, prediction = _instance(3)
+    limits = _config(3)
+    predictor = jaxq.LognormalNoise(0.8)
+    result = _run_engine(jaxq.SPRPT(), arrival, prompt, output, prediction,
+                         preemption="recompute", admission="optimistic", predictor=predictor,
+                         refine_every=3, **limits)
+    # The engine's draw for (request, m): the replica's refinement stream, folded with both.
+    stream = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(
+        jax.random.key(0), 0), 0), 2)
+
+    def multiplier(index, m):
+        key = jax.random.fold_in(jax.random.fold_in(stream, index), m)
+        return float(predictor.multiplier(key, ()))
+
+    ref = run_reference(arrival, prompt, output, prediction, ReferenceConfig(
+        policy="sprpt", refine_every=3, refine_multiplier=multiplier, **limits))
+    _compare(result, ref, arrival)
+    # Refinement changed the schedule (otherwise this test would not test it).
+    plain = run_reference(arrival, prompt, output, prediction,
+                          ReferenceConfig(policy="sprpt", **limits))
+    assert plain.finish_time != ref.finish_time
+
+
+def _single_server(**overrides):
+    """One sequence at a time, constant iteration time, memory and budget never binding."""
+    return {**dict(kv_capacity=10**6, block_size=1, max_seqs=1, max_batched_tokens=10**6,
+                   iter_base=0.25, iter_per_prefill_token=0.0, iter_per_decode_seq=0.0,
+                   iter_per_kv_token=0.0, swap_per_token=0.0), **overrides}
+
+
+def test_fcfs_single_server_is_lindley():
+    rng = np.random.default_rng(5)
+    n = 200
+    arrival = np.cumsum(rng.exponential(6.0, n))
+    prompt = rng.integers(1, 500, n)
+    output = rng.integers(1, 40, n)
+    result = _run_engine(jaxq.FCFS(), arrival, prompt, output, output * 1.0,
+                         preemption="recompute", admission="optimistic", **_single_server())
+    finish = arrival + result.latency[0]
+    # Lindley: a request starts when it arrives or when the one before leaves, whichever is
+    # later, and takes O iterations (the prefill produces the first token).
+    expected = np.empty(n)
+    previous = -np.inf
+    for i in range(n):
+        previous = max(arrival[i], previous) + output[i] * 0.25
+        expected[i] = previous
+    np.testing.assert_allclose(finish, expected, rtol=1e-12)
+    assert np.any(finish - arrival > output * 0.25 + 1e-9)  # some requests did queue
+
+
+def test_spjf_single_server_equals_queue_engine():
+    """Sizes in iterations: the LLM engine with one sequence at a time is the M/G/1 queue."""
+    rng = np.random.default_rng(6)
+    n = 150
+    arrival = np.cumsum(rng.exponential(5.0, n))
+    output = rng.integers(1, 30, n)
+    prediction = output * np.exp(rng.normal(0, 1.0, n))
+    result = _run_engine(jaxq.SPJF(), arrival, np.ones(n, int), output, prediction,
+                         preemption="recompute", admission="optimistic", **_single_server(
+                             iter_base=1.0))
+    queue = jaxq.trace(jaxq.SPJF(), arrival, output.astype(float), prediction)
+    np.testing.assert_allclose(result.latency[0], queue, rtol=1e-12)
+    assert not np.allclose(result.latency[0],
+                           jaxq.trace(jaxq.FCFS(), arrival, output * 1.0))
+
+
+def test_invariants_under_memory_pressure():
+    workload = jaxq.llm.WORKLOADS["azure-conversation"](rate=6.0)
+    system = LLMSystem(jaxq.SPRPT(), jaxq.LognormalNoise(jnp.array([0.5, 1.0])),
+                       kv_capacity=12_000, preemption="swap", host_capacity=6_000,
+                       iter_base=0.01, iter_per_prefill_token=2e-5, iter_per_decode_seq=1e-4,
+                       iter_per_kv_token=1e-7)
+    with jax.enable_x64(False):
+        result = simulate(system, _clip(workload), requests=300, replicas=2, slots=300)
+    assert np.all(result.peak_kv_tokens <= 12_000)
+    assert np.all(result.preemptions > 0) and np.all(result.swapped_tokens > 0)
+    assert np.all(result.unfinished == 0) and np.all(result.overflow == 0)
+    assert np.all(np.isfinite(result.latency)) and np.all(result.latency >= result.ttft)
+    assert np.all(result.ttft > 0)
+    assert np.sum(result.request_preemptions) == np.sum(result.preemptions)
+
+
+def _clip(workload):
+    """The preset with prompts and outputs capped so every request fits a small KV cache."""
+    return dataclasses.replace(workload) if False else jaxq.llm.LLMWorkload(
+        prompt=jaxq.Empirical(np.clip(np.asarray(workload.prompt.sample(
+            jax.random.key(1), (4000,))), 1, 4000).round()),
+        output=jaxq.Empirical(np.clip(np.asarray(workload.output.sample(
+            jax.random.key(2), (4000,))), 1, 2000).round()),
+        arrivals=workload.arrivals, rate=workload.rate)
+
+
+def test_determinism_and_batch_independence():
+    arrival, prompt, output, prediction = _instance(11, n=40)
+    limits = _config(11)
+    one = _run_engine(jaxq.SPRPT(), arrival, prompt, output, prediction, preemption="swap",
+                      admission="optimistic", **limits)
+    again = _run_engine(jaxq.SPRPT(), arrival, prompt, output, prediction, preemption="swap",
+                        admission="optimistic", **limits)
+    np.testing.assert_array_equal(one.latency, again.latency)
+    limits["kv_capacity"] = jnp.array([limits["kv_capacity"], 10**5])
+    both = _run_engine(jaxq.SPRPT(), arrival, prompt, output, prediction, preemption="swap",
+                       admission="optimistic", **limits)
+    np.testing.assert_array_equal(both.latency[0], one.latency[0])
+    assert math.isclose(float(both.latency_mean[0]), float(one.latency_mean))
