@@ -2,7 +2,6 @@
 queue engine and the Lindley recursion where the model reduces to a single-server queue, and
 invariants under memory pressure."""
 
-import dataclasses
 import math
 
 import jax
@@ -179,19 +178,18 @@ def test_spjf_single_server_equals_queue_engine():
     result = _run_engine(jaxq.SPJF(), arrival, np.ones(n, int), output, prediction,
                          preemption="recompute", admission="optimistic", **_single_server(
                              iter_base=1.0))
-    queue = jaxq.trace(jaxq.SPJF(), arrival, output.astype(float), prediction)
-    np.testing.assert_allclose(result.latency[0], queue, rtol=1e-12)
-    assert not np.allclose(result.latency[0],
-                           jaxq.trace(jaxq.FCFS(), arrival, output * 1.0))
+    departures = jaxq.trace(jaxq.SPJF(), arrival, output.astype(float), prediction)
+    np.testing.assert_allclose(arrival + result.latency[0], departures, rtol=1e-12)
+    assert not np.allclose(departures, jaxq.trace(jaxq.FCFS(), arrival, output * 1.0))
 
 
 def test_invariants_under_memory_pressure():
-    workload = jaxq.llm.WORKLOADS["azure-conversation"](rate=6.0)
-    system = LLMSystem(jaxq.SPRPT(), jaxq.LognormalNoise(jnp.array([0.5, 1.0])),
-                       kv_capacity=12_000, preemption="swap", host_capacity=6_000,
-                       iter_base=0.01, iter_per_prefill_token=2e-5, iter_per_decode_seq=1e-4,
-                       iter_per_kv_token=1e-7)
-    with jax.enable_x64(False):
+    with jax.enable_x64(False):  # the default precision, as users run it
+        workload = jaxq.llm.WORKLOADS["azure-conversation"](rate=6.0)
+        system = LLMSystem(jaxq.SPRPT(), jaxq.LognormalNoise(jnp.array([0.5, 1.0])),
+                           kv_capacity=12_000, preemption="swap", host_capacity=6_000,
+                           iter_base=0.01, iter_per_prefill_token=2e-5,
+                           iter_per_decode_seq=1e-4, iter_per_kv_token=1e-7)
         result = simulate(system, _clip(workload), requests=300, replicas=2, slots=300)
     assert np.all(result.peak_kv_tokens <= 12_000)
     assert np.all(result.preemptions > 0) and np.all(result.swapped_tokens > 0)
@@ -203,12 +201,12 @@ def test_invariants_under_memory_pressure():
 
 def _clip(workload):
     """The preset with prompts and outputs capped so every request fits a small KV cache."""
-    return dataclasses.replace(workload) if False else jaxq.llm.LLMWorkload(
-        prompt=jaxq.Empirical(np.clip(np.asarray(workload.prompt.sample(
-            jax.random.key(1), (4000,))), 1, 4000).round()),
-        output=jaxq.Empirical(np.clip(np.asarray(workload.output.sample(
-            jax.random.key(2), (4000,))), 1, 2000).round()),
-        arrivals=workload.arrivals, rate=workload.rate)
+    def capped(law, key, cap):
+        return jaxq.Empirical(jnp.clip(jnp.round(law.sample(jax.random.key(key), (4000,))), 1, cap))
+
+    return jaxq.llm.LLMWorkload(prompt=capped(workload.prompt, 1, 4000),
+                                output=capped(workload.output, 2, 2000),
+                                arrivals=workload.arrivals, rate=workload.rate)
 
 
 def test_determinism_and_batch_independence():
@@ -222,5 +220,5 @@ def test_determinism_and_batch_independence():
     limits["kv_capacity"] = jnp.array([limits["kv_capacity"], 10**5])
     both = _run_engine(jaxq.SPRPT(), arrival, prompt, output, prediction, preemption="swap",
                        admission="optimistic", **limits)
-    np.testing.assert_array_equal(both.latency[0], one.latency[0])
+    np.testing.assert_array_equal(both.latency[0], one.latency)
     assert math.isclose(float(both.latency_mean[0]), float(one.latency_mean))

@@ -96,3 +96,17 @@ def test_conversation_preset_default_rate_and_bad_rate():
     assert float(WORKLOADS["azure-conversation"]().rate) == 5.5
     with pytest.raises(ValueError, match="^rate"):
         WORKLOADS["azure-code"](rate=0.0)
+
+
+def test_max_tokens_caps_the_context():
+    import jax
+    from jaxq.llm.workloads import WORKLOADS
+
+    free = WORKLOADS["azure-code"](rate=1.0)
+    capped = WORKLOADS["azure-code"](rate=1.0, max_tokens=2000)
+    _, p_free, o_free = free.sample(jax.random.key(0), 20_000)
+    gaps, p, o = capped.sample(jax.random.key(0), 20_000)
+    assert float((p_free + o_free).max()) > 2000  # the tail does reach past the limit
+    assert float((p + o).max()) <= 2000 and float(p.min()) >= 1 and float(o.min()) >= 1
+    short = (p_free + o_free) <= 2000
+    assert bool(((p == p_free) & (o == o_free))[short].all())  # short requests are untouched

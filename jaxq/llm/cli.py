@@ -38,6 +38,8 @@ def add_llm_parser(sub):
     w.add_argument("--workload", help=f"synthetic preset: {', '.join(WORKLOADS)}")
     w.add_argument("--rate", type=float, default=None, help="requests/s of the workload")
     w.add_argument("--requests", type=int, default=2000, help="requests per replica (workload)")
+    w.add_argument("--max-model-len", type=int, default=None,
+                   help="workload: context limit; prompts and outputs are cut so P + O <= it")
     w.add_argument("--per-request", metavar="OUT.csv",
                    help="write arrival_time,first_token_time,finish_time,preemptions per request")
     s = p.add_argument_group("scheduler")
@@ -101,7 +103,8 @@ def build_llm_system(args):
         check_choice("workload", args.workload, tuple(WORKLOADS))
         if args.rate is None and args.workload != "azure-conversation":
             raise ValueError(f"--workload {args.workload} needs --rate (requests/s)")
-        workload = WORKLOADS[args.workload](*(() if args.rate is None else (args.rate,)))
+        rate = {} if args.rate is None else {"rate": args.rate}
+        workload = WORKLOADS[args.workload](**rate, max_tokens=args.max_model_len)
     check_choice("predictor", args.predictor, PREDICTOR_NAMES)
     cost = hardware.roofline(hardware.gpu(args.gpu), hardware.model(args.model),
                              tensor_parallel=args.tensor_parallel,

@@ -303,13 +303,19 @@ def _check_fits(per: LLMSystem, reqs: Requests, trace: Trace | None):
     too_big = -(-need // b) > cap
     if np.any(too_big):
         row, col = np.argwhere(too_big)[0]
-        where = (f"{trace.source}: request on data line {col + 1}" if trace is not None
-                 else f"sampled request {col}")
+        if trace is not None and trace.line is not None:
+            where = f"{trace.source}:{trace.line[col]}: request {col}"
+        elif trace is not None:
+            where = f"{trace.source}: request {col}"
+        else:
+            where = f"sampled request {col} (of configuration {row})"
         raise ValueError(
             f"{where} needs {need[row, col]} KV tokens (prompt {int(reqs.prompt[row, col])} + "
             f"output {int(reqs.output[row, col])} - 1), more than kv_capacity "
             f"{int(per.kv_capacity[row])} holds ({int(cap[row, 0])} blocks of "
-            f"{int(b[row, 0])}); raise --kv-capacity or shorten the request")
+            f"{int(b[row, 0])}); raise --kv-capacity"
+            + (" or shorten the request" if trace is not None
+               else " or cap the workload's context (max_tokens, --max-model-len)"))
 
 
 @partial(jax.jit, static_argnums=0)

@@ -50,6 +50,7 @@ class Trace:
     output_tokens: np.ndarray  # (N,) int64 >= 1
     predicted_output_tokens: np.ndarray | None  # (N,) float64 >= 0, if the file has them
     source: str  # the file it was read from
+    line: np.ndarray | None = None  # (N,) int, each request's line in that file
 
     def __len__(self) -> int:
         return int(self.arrival_time.shape[0])
@@ -110,7 +111,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise TraceError(f"{path}: no such file")
-    times, prompts, outputs, predictions = [], [], [], []
+    times, prompts, outputs, predictions, lines = [], [], [], [], []
     for number, row in _rows(path):
         t = _field(path, number, row, "arrival_time")
         if times and t < times[-1]:
@@ -130,6 +131,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
         prompts.append(tokens[0])
         outputs.append(tokens[1])
         predictions.append(predicted)
+        lines.append(number)
     if not times:
         raise TraceError(f"{path}: no requests")
     return Trace(
@@ -138,7 +140,7 @@ def read_trace(path: str | os.PathLike) -> Trace:
         output_tokens=np.asarray(outputs, dtype=np.int64),
         predicted_output_tokens=(None if predictions[0] is None
                                  else np.asarray(predictions, dtype=np.float64)),
-        source=path)
+        source=path, line=np.asarray(lines))
 
 
 def lognormal_tokens(mu: float, sigma: float) -> Lognormal:
@@ -149,35 +151,48 @@ def lognormal_tokens(mu: float, sigma: float) -> Lognormal:
 class LLMWorkload(eqx.Module):
     """Synthetic requests: token counts from two laws (rounded, at least 1) and an arrival
     process at `rate` requests per second. Fields are arrays, so a batch of workloads (say, a
-    sweep of rates) is one module with a leading batch axis."""
+    sweep of rates) is one module with a leading batch axis.
+
+    max_tokens (optional) is a context limit, like a serving engine's max_model_len: a prompt is
+    cut to max_tokens - 1 tokens and the output to what the context leaves, P + O <= max_tokens.
+    Without it, the lognormal tails occasionally draw a request that no KV cache holds, and the
+    engine refuses the workload."""
 
     prompt: Distribution
     output: Distribution
     arrivals: Arrivals
     rate: jax.Array  # () or (batch,) requests per second
+    max_tokens: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         check_positive("rate", self.rate)
+        if self.max_tokens is not None and (not isinstance(self.max_tokens, int)
+                                            or self.max_tokens < 2):
+            raise ValueError(f"max_tokens must be an integer >= 2, got {self.max_tokens!r}")
 
     def sample(self, key: jax.Array, n: int):
         """(gaps, prompt tokens, output tokens), each (n,) float: the tokens are integers >= 1."""
         k_gap, k_prompt, k_output = jax.random.split(key, 3)
         tokens = lambda law, k: jnp.maximum(jnp.round(law.sample(k, (n,))), 1.0)  # noqa: E731
-        return (self.arrivals.gaps(k_gap, (n,), self.rate), tokens(self.prompt, k_prompt),
-                tokens(self.output, k_output))
+        prompt, output = tokens(self.prompt, k_prompt), tokens(self.output, k_output)
+        if self.max_tokens is not None:
+            prompt = jnp.minimum(prompt, self.max_tokens - 1)
+            output = jnp.minimum(output, self.max_tokens - prompt)
+        return self.arrivals.gaps(k_gap, (n,), self.rate), prompt, output
 
 
-def _azure_conversation(rate=5.5):
+def _azure_conversation(rate=5.5, max_tokens=None):
     return LLMWorkload(prompt=lognormal_tokens(6.633, 0.985),
                        output=lognormal_tokens(5.019, 0.859), arrivals=Poisson(),
-                       rate=jnp.asarray(rate, dtype=float))
+                       rate=jnp.asarray(rate, dtype=float), max_tokens=max_tokens)
 
 
-def _azure_code(rate):
+def _azure_code(rate, max_tokens=None):
     return LLMWorkload(prompt=lognormal_tokens(6.999, 1.360),
                        output=lognormal_tokens(2.788, 0.847), arrivals=Renewal(cv=13.0),
-                       rate=jnp.asarray(rate, dtype=float))
+                       rate=jnp.asarray(rate, dtype=float), max_tokens=max_tokens)
 
 
-# name -> constructor taking the rate (requests/s); azure-conversation defaults to its trace's rate
+# name -> constructor taking the rate (requests/s) and an optional max_tokens (context limit);
+# azure-conversation defaults to its trace's rate
 WORKLOADS = {"azure-conversation": _azure_conversation, "azure-code": _azure_code}
