@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxq._checks import check_choice, check_nonnegative, check_positive
 from jaxq.llm.engine import (ADMISSION_MODES, PREEMPTION_MODES, EngineParams, EngineSpec,
-                             EngineState, Requests, done, init_state, run)
+                             EngineState, Requests, init_state, run)
 from jaxq.llm.workloads import LLMWorkload, Trace
 from jaxq.policies import FCFS, Aging, LLM_POLICIES, Policy
 from jaxq.predictors import Perfect, Predictor
@@ -39,8 +39,9 @@ _FLOAT_FIELDS = ("iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
 class LLMSystem(eqx.Module):
     """One LLM engine configuration, or a batch of them (any numeric field may be an array).
 
-    Defaults: vLLM's limits for one RTX 4090 serving Llama-3.1-8B, and that pair's roofline
-    iteration costs (see `jaxq.llm.hardware`); pass `**jaxq.llm.costs(gpu, model)` for others.
+    Defaults: vLLM's default limits (256 sequences, 2048 batched tokens, blocks of 16) and the
+    roofline costs and KV capacity of one RTX 4090 serving Llama-3.1-8B (`jaxq.llm.hardware`);
+    pass `**jaxq.llm.costs(gpu, model)` for other hardware.
     """
 
     policy: Policy
@@ -64,18 +65,21 @@ class LLMSystem(eqx.Module):
     refine: bool = eqx.field(static=True)
 
     def __init__(self, policy: Policy | None = None, predictor: Predictor | None = None, *,
-                 kv_capacity=41_408, block_size=16, max_seqs=256, max_batched_tokens=2048,
+                 kv_capacity=None, block_size=16, max_seqs=256, max_batched_tokens=2048,
                  host_capacity=0, max_output=4096, refine_every=32,
-                 iter_base=0.02, iter_per_prefill_token=1e-4, iter_per_decode_seq=1e-4,
-                 iter_per_kv_token=1.5e-7, swap_per_token=5e-6, kv_bytes_per_token=131_072,
+                 iter_base=None, iter_per_prefill_token=None, iter_per_decode_seq=None,
+                 iter_per_kv_token=None, swap_per_token=None, kv_bytes_per_token=None,
                  seed=0, preemption="recompute", admission="optimistic", refine=False):
         self.policy = FCFS() if policy is None else policy
         self.predictor = Perfect() if predictor is None else predictor
+        given = dict(locals())
+        preset = _default_costs()
+        value = lambda name: preset[name] if given[name] is None else given[name]  # noqa: E731
         for name in _INT_FIELDS:
-            setattr(self, name, jnp.asarray(locals()[name], dtype=jnp.int32))
+            setattr(self, name, jnp.asarray(value(name), dtype=jnp.int32))
         for name in _FLOAT_FIELDS:
-            setattr(self, name, jnp.asarray(locals()[name], dtype=float))
-        self.kv_bytes_per_token = jnp.asarray(kv_bytes_per_token, dtype=float)
+            setattr(self, name, jnp.asarray(value(name), dtype=float))
+        self.kv_bytes_per_token = jnp.asarray(value("kv_bytes_per_token"), dtype=float)
         self.seed = jnp.asarray(seed, dtype=jnp.int32)
         self.preemption = check_choice("preemption", preemption, PREEMPTION_MODES)
         self.admission = check_choice("admission", admission, ADMISSION_MODES)
@@ -98,12 +102,14 @@ class LLMSystem(eqx.Module):
         if base.name not in LLM_POLICIES:
             raise ValueError(f"unknown policy {base.name!r}; valid: {', '.join(LLM_POLICIES)}")
 
-    @property
-    def spec_fields(self):
-        return self.preemption, self.admission, self.refine
-
     def params(self) -> EngineParams:
         return EngineParams(**{name: getattr(self, name) for name in _INT_FIELDS + _FLOAT_FIELDS})
+
+
+def _default_costs() -> dict:
+    """What an LLMSystem leaves unset: the rtx-4090 / llama-3.1-8b roofline."""
+    from jaxq.llm.hardware import roofline
+    return dataclasses.asdict(roofline("rtx-4090", "llama-3.1-8b"))
 
 
 def _check_int_at_least(name, value, low):
@@ -175,8 +181,8 @@ class LLMResult:
         return out
 
 
-def trace_requests(trace: Trace, *, dtype=None) -> tuple[np.ndarray, np.ndarray, np.ndarray,
-                                                          np.ndarray | None]:
+def trace_requests(trace: Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                          np.ndarray | None]:
     """(gaps, prompt, output, predictions or None) on the clock of the first arrival."""
     t = trace.arrival_time - trace.arrival_time[0]
     gaps = np.diff(t, prepend=0.0)
