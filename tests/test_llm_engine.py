@@ -56,7 +56,7 @@ def _config(seed):
 
 
 def _run_engine(policy, arrival, prompt, output, prediction, *, preemption, admission,
-                predictor=None, refine_every=None, seed=0, **limits):
+                predictor=None, refine_every=None, seed=0, slots=None, **limits):
     trace = Trace(arrival_time=np.asarray(arrival, np.float64),
                   prompt_tokens=np.asarray(prompt), output_tokens=np.asarray(output),
                   predicted_output_tokens=np.asarray(prediction, np.float64), source="test")
@@ -64,7 +64,7 @@ def _run_engine(policy, arrival, prompt, output, prediction, *, preemption, admi
                        refine=refine_every is not None,
                        refine_every=1 if refine_every is None else refine_every, seed=seed,
                        **limits)
-    return simulate(system, trace, key=0)
+    return simulate(system, trace, key=0, slots=slots)
 
 
 @pytest.fixture(autouse=True)
@@ -158,6 +158,15 @@ def _single_server(**overrides):
                    iter_per_kv_token=0.0, swap_per_token=0.0), **overrides}
 
 
+def test_arrival_during_the_iteration_that_empties_the_engine():
+    """The second request arrives while the first one's only iteration runs: it starts at the
+    next boundary, not back at its arrival."""
+    result = _run_engine(jaxq.FCFS(), [0.0, 0.5], [1, 1], [1, 1], [1.0, 1.0],
+                         preemption="recompute", admission="optimistic",
+                         **_single_server(iter_base=1.0))
+    np.testing.assert_allclose(result.latency[0], [1.0, 1.5])
+
+
 def test_fcfs_single_server_is_lindley():
     rng = np.random.default_rng(5)
     n = 200
@@ -232,3 +241,17 @@ def test_determinism_and_batch_independence():
                        admission="optimistic", **limits)
     np.testing.assert_array_equal(both.latency[0], one.latency)
     assert math.isclose(float(both.latency_mean[0]), float(one.latency_mean))
+
+
+def test_sorted_and_pairwise_orders_agree():
+    """Many slots take the sort, few the pairwise comparisons: the same schedule."""
+    from jaxq.llm.engine import PAIRWISE_ORDER_MAX_SLOTS
+
+    arrival, prompt, output, prediction = _instance(12, n=40)
+    limits = _config(12)
+    runs = [_run_engine(jaxq.OneBit(9.0, True), arrival, prompt, output, prediction,
+                        preemption="swap", admission="optimistic", slots=slots, **limits)
+            for slots in (40, PAIRWISE_ORDER_MAX_SLOTS + 1)]
+    np.testing.assert_array_equal(runs[0].latency, runs[1].latency)
+    np.testing.assert_array_equal(runs[0].ttft, runs[1].ttft)
+    assert int(runs[0].preemptions) > 0
