@@ -242,16 +242,3 @@ def test_determinism_and_batch_independence():
     np.testing.assert_array_equal(both.latency[0], one.latency)
     assert math.isclose(float(both.latency_mean[0]), float(one.latency_mean))
 
-
-def test_sorted_and_pairwise_orders_agree():
-    """Many slots take the sort, few the pairwise comparisons: the same schedule."""
-    from jaxq.llm.engine import PAIRWISE_ORDER_MAX_SLOTS
-
-    arrival, prompt, output, prediction = _instance(12, n=40)
-    limits = _config(12)
-    runs = [_run_engine(jaxq.OneBit(9.0, True), arrival, prompt, output, prediction,
-                        preemption="swap", admission="optimistic", slots=slots, **limits)
-            for slots in (40, PAIRWISE_ORDER_MAX_SLOTS + 1)]
-    np.testing.assert_array_equal(runs[0].latency, runs[1].latency)
-    np.testing.assert_array_equal(runs[0].ttft, runs[1].ttft)
-    assert int(runs[0].preemptions) > 0

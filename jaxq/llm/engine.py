@@ -171,13 +171,6 @@ def _admit(spec, requests, state, age, until_next):
     return slots, next_arrival, until_next, overflow
 
 
-# Up to this many slots the order is computed from all pairwise comparisons, above it by a sort:
-# XLA's CPU sort calls a compiled comparator per comparison, about 2.3x slower than the K^2
-# vectorised comparisons at 128 slots (measured, 256 configurations); its K log K wins for
-# large K.
-PAIRWISE_ORDER_MAX_SLOTS = 256
-
-
 def _order(policy: Policy, s: Slots) -> jax.Array:
     """Slot ids in the scheduling order: (class, primary, tie-break); class 0 = resident and
     locked, 1 = other requests, 2 = empty slots (after every request, among themselves by id)."""
@@ -191,15 +184,10 @@ def _order(policy: Policy, s: Slots) -> jax.Array:
     klass = jnp.where(s.active, jnp.where(s.resident & rank.locked, 0, 1), 2).astype(jnp.int32)
     # + 0.0 turns -0.0 into 0.0: the sort orders -0.0 before 0.0, the model does not.
     primary = jnp.where(s.active, rank.primary + 0.0, 0.0)
-    tiebreak = jnp.where(s.active, rank.tiebreak, ids).astype(jnp.int32)  # unique keys
-    if s.active.shape[0] > PAIRWISE_ORDER_MAX_SLOTS:
-        return lax.sort((klass, primary, tiebreak, ids), num_keys=3)[3]
-    c_i, c_j = klass[:, None], klass[None, :]
-    p_i, p_j = primary[:, None], primary[None, :]
-    t_i, t_j = tiebreak[:, None], tiebreak[None, :]
-    before = (c_j < c_i) | ((c_j == c_i) & ((p_j < p_i) | ((p_j == p_i) & (t_j < t_i))))
-    position = jnp.sum(before, axis=1, dtype=jnp.int32)  # a permutation: the keys are unique
-    return jnp.zeros_like(ids).at[position].set(ids)
+    tiebreak = jnp.where(s.active, rank.tiebreak, ids).astype(jnp.int32)
+    # A sort, not K^2 pairwise comparisons: those measured 1.6x slower in the benchmark at 128
+    # slots (XLA spreads the big comparison fusion over threads, and it costs more in all).
+    return lax.sort((klass, primary, tiebreak, ids), num_keys=3)[3]
 
 
 class Batch(NamedTuple):
@@ -254,10 +242,11 @@ def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks)
                  evicted=back(evicted), swapped_out=back(swapped_out))
 
 
-def _refined(predictor: Predictor, key, s: Slots, generated) -> jax.Array:
-    """yhat = g + (O - g) * M ** ((O - g) / O), M a fresh multiplier for (request, g // k)."""
+def _refined(predictor: Predictor, key, s: Slots, m) -> jax.Array:
+    """(K,) multipliers M of the prediction model, one fresh draw per (request, m): the same
+    draw whatever slot or batch the request is in."""
     return jax.vmap(lambda i, m: predictor.multiplier(
-        jax.random.fold_in(jax.random.fold_in(key, i), m), ()))(s.index, generated)
+        jax.random.fold_in(jax.random.fold_in(key, i), m), ()))(s.index, m)
 
 
 def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
@@ -265,10 +254,9 @@ def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor
     """One boundary and the iteration that follows it (a no-op once every request has left)."""
     n_requests = requests.gap.shape[0]
     s, t = state.slots, state.totals
-    # An empty engine jumps to the next arrival.
     idle = ~jnp.any(s.active) & (state.next_arrival < n_requests)
-    # The next request may have arrived during the iteration that emptied the engine
-    # (until_next < 0): it is then considered at this boundary, without a jump.
+    # An empty engine jumps to the next arrival, unless that request arrived during the
+    # iteration that emptied the engine (until_next < 0): then it starts at this boundary.
     jump = jnp.where(idle, jnp.maximum(state.until_next, 0.0), 0.0)
     s, next_arrival, until_next, overflow = _admit(spec, requests, state, s.age + jump,
                                                    state.until_next - jump)
@@ -306,9 +294,10 @@ def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor
     prediction = s.prediction
     if spec.refine:
         refine = produced & (generated % p.refine_every == 0) & (generated < s.output)
-        m = _refined(predictor, key, s, generated // jnp.maximum(p.refine_every, 1))
+        multiplier = _refined(predictor, key, s, generated // jnp.maximum(p.refine_every, 1))
         left = (s.output - generated).astype(f)
-        prediction = jnp.where(refine, generated.astype(f) + left * m ** (left / s.output), prediction)
+        refined = generated.astype(f) + left * multiplier ** (left / s.output)
+        prediction = jnp.where(refine, refined, prediction)
     preemptions = s.preemptions + batch.evicted
     out = jnp.where(leaving, s.index, n_requests)  # out of range: dropped by the scatter
     latency = state.latency.at[out].set(age, mode="drop")

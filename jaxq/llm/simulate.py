@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from functools import partial
 
 import equinox as eqx
@@ -349,7 +350,9 @@ def _summarise(per, state: EngineState, reqs: Requests, shape, replicas, warmup,
     t = jax.tree_util.tree_map(grid, state.totals)
     measured = np.arange(ttft.shape[-1]) >= warmup
     pooled = lambda x: x[..., measured].reshape(shape + (-1,))  # noqa: E731
-    with np.errstate(invalid="ignore", divide="ignore"):
+    # A metric with no sample (TPOT when every output is one token) is NaN, without a warning.
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
         tpot = np.where(output >= 2, (latency - ttft) / (output - 1), np.nan)
         per_token = latency / output
         met = (ttft <= ttft_slo) & (np.nan_to_num(tpot, nan=0.0) <= tpot_slo) & ~np.isnan(latency)
@@ -406,5 +409,4 @@ def _report_problems(result: LLMResult, slots, on_overflow):
     message = "; ".join(problems) + " (results of those configurations are not the model's)"
     if on_overflow == "raise":
         raise CapacityError(message)
-    import warnings
     warnings.warn(message, RuntimeWarning, stacklevel=3)
