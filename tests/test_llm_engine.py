@@ -242,3 +242,11 @@ def test_determinism_and_batch_independence():
     np.testing.assert_array_equal(both.latency[0], one.latency)
     assert math.isclose(float(both.latency_mean[0]), float(one.latency_mean))
 
+
+
+def test_queue_engine_refuses_request_features():
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match="needs LLM request features"):
+            jaxq.simulate(jaxq.System(0.5, policy=jaxq.policies.SJFPrompt()), jobs=10)
+        with pytest.raises(ValueError, match="w_prompt, w_kv and w_peak must be 0"):
+            jaxq.simulate(jaxq.System(0.5, policy=jaxq.Linear(w_kv=1.0)), jobs=10)
