@@ -29,7 +29,7 @@ How:
   configuration; jaxq's cost per iteration grows with it) must hold the most requests ever in
   system at once, which is printed; the run stops with a message otherwise.
 * The reference runs on the same requests: they are re-sampled with simulate's own internals
-  (_keys, _requests: the same keys, so the same requests and predictions), checked against the
+  (_replica_keys, _requests: the same keys, so the same requests and predictions), checked against the
   arrival times and output lengths that jaxq's result reports, and the reference is run on
   --reference-configs of the configurations, evenly spread over the sigma range. Its iteration
   and preemption counts must equal jaxq's for each of them (otherwise the table says which differ
@@ -58,18 +58,12 @@ import warnings
 # The reference engine lives with the tests (plain Python: no jax, so workers start fast).
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 
+from _machine import cores, cpu_model  # noqa: E402  (scripts/, beside this file)
+
 ENGINE_FIELDS = ("kv_capacity", "block_size", "max_seqs", "max_batched_tokens", "host_capacity",
                  "max_output", "iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
                  "iter_per_kv_token", "swap_per_token")
 LAW_SAMPLES = 100_000
-
-
-def cores() -> int:
-    """Cores this process may use (the affinity mask; os.cpu_count() ignores it in containers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,7 +115,7 @@ def sampled_requests(system, workload, n: int, key: int):
     llm = importlib.import_module("jaxq.llm.simulate")
     shape = llm._batch_shape(system)
     flat = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape).reshape(-1), system)
-    keys = llm._keys(jax.random.key(key), flat.seed, 1).reshape(-1)
+    keys = llm._replica_keys(jax.random.key(key), flat.seed, 1).reshape(-1)
     return flat, llm._requests(flat, workload, keys, n, False)
 
 
@@ -287,18 +281,11 @@ def check_same(counts, jaxq_result) -> list[str]:
 
 
 def machine(stats: dict) -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), model)
-    except OSError:
-        pass
     try:
         load = os.getloadavg()[0]
     except OSError:
         load = None
-    return {"cpu": model, "cores": cores(), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cores": cores(), "python": platform.python_version(),
             "jax": stats["jax_version"], "device_kind": stats["device_kind"],
             "devices": stats["devices"], "load_average_1min_at_start": load}
 

@@ -40,23 +40,16 @@ import heapq
 import json
 import math
 import multiprocessing
-import os
 import platform
 import random
 import statistics
 import sys
 import time
 
+from _machine import cores, cpu_model  # scripts/, beside this file
+
 # Ciw's priority classes: class k holds the jobs with predicted size in [EDGES[k-1], EDGES[k]).
 CIW_CLASS_EDGES = (0.25, 1.0, 4.0)
-
-
-def cores() -> int:
-    """Cores this process may use (the affinity mask, which os.cpu_count() ignores in containers)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 # --------------------------------------------------------------------------------------------------
@@ -390,14 +383,7 @@ def mean_and_stderr(means: list[float]) -> dict:
 
 
 def machine(jaxq_row: dict) -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), model)
-    except OSError:
-        pass
-    return {"cpu": model, "cores": cores(), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "cores": cores(), "python": platform.python_version(),
             "jax": jaxq_row["jax_version"], "device_kind": jaxq_row["device_kind"],
             "devices": jaxq_row["devices"]}
 

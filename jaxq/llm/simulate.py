@@ -21,13 +21,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxq._checks import check_choice, check_nonnegative, check_positive
+from jaxq._checks import check_choice, check_nonnegative, check_range
 from jaxq.llm.engine import (ADMISSION_MODES, PREEMPTION_MODES, EngineParams, EngineSpec,
                              EngineState, Requests, init_state, run)
 from jaxq.llm.workloads import LLMWorkload, Trace
 from jaxq.policies import FCFS, Aging, LLM_POLICIES, Policy
 from jaxq.predictors import Perfect, Predictor
-from jaxq.simulate import CapacityError
+from jaxq.simulate import CapacityError, _as_key, _replica_keys
 
 QUANTILES = (0.5, 0.9, 0.99)
 _STREAM_WORKLOAD, _STREAM_PREDICTIONS, _STREAM_REFINE = 0, 1, 2
@@ -207,8 +207,8 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     if not isinstance(system, LLMSystem):
         raise TypeError(f"system must be a jaxq.llm.LLMSystem, got {type(system).__name__}")
     check_choice("on_overflow", on_overflow, ("raise", "warn", "ignore"))
-    check_positive("ttft_slo", ttft_slo) if math.isfinite(ttft_slo) else None
-    check_positive("tpot_slo", tpot_slo) if math.isfinite(tpot_slo) else None
+    for name, slo in (("ttft_slo", ttft_slo), ("tpot_slo", tpot_slo)):
+        check_range(name, slo, low=0.0, low_open=True, allow_inf=True)
     _check_count("replicas", replicas, 1)
     is_trace = isinstance(workload, Trace)
     if is_trace:
@@ -231,7 +231,7 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     shape = _batch_shape(system)
     flat = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape).reshape(-1), system)
     b = math.prod(shape) if shape else 1
-    keys = _keys(jax.random.key(key) if isinstance(key, int) else key, flat.seed, replicas)
+    keys = _replica_keys(_as_key(key), flat.seed, replicas)
     per = jax.tree_util.tree_map(lambda x: jnp.repeat(x, replicas, axis=0), flat)
     keys = keys.reshape(-1)
     reqs = _requests(per, workload, keys, n, is_trace)
@@ -269,12 +269,6 @@ def _batch_shape(system: LLMSystem) -> tuple[int, ...]:
         return np.broadcast_shapes(*[jnp.shape(x) for x in jax.tree_util.tree_leaves(system)])
     except ValueError as err:
         raise ValueError(f"the LLMSystem's batch axes do not broadcast together: {err}") from None
-
-
-def _keys(key, seeds, replicas):
-    """(B, R) keys, one per configuration seed and replica, independent of the batch."""
-    return jax.vmap(lambda s: jax.vmap(lambda r: jax.random.fold_in(
-        jax.random.fold_in(key, s), r))(jnp.arange(replicas)))(seeds)
 
 
 def _requests(per: LLMSystem, workload, keys, n, is_trace) -> Requests:
