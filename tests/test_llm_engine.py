@@ -241,3 +241,54 @@ def test_queue_engine_refuses_request_features():
             jaxq.simulate(jaxq.System(0.5, policy=jaxq.policies.SJFPrompt()), jobs=10)
         with pytest.raises(ValueError, match="w_prompt, w_kv and w_peak must be 0"):
             jaxq.simulate(jaxq.System(0.5, policy=jaxq.Linear(w_kv=1.0)), jobs=10)
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_decode_runs_equal_iteration_by_iteration(refine):
+    """A closed-form run of m pure-decode iterations gives the state m single iterations give
+    (times to rounding), on a workload that is congested at times."""
+    from jaxq.llm import engine
+
+    rng = np.random.default_rng(5)
+    n = 60
+    output = rng.integers(1, 120, n)
+    requests = engine.Requests(gap=jnp.asarray(rng.exponential(0.25, n)),
+                               prompt=jnp.asarray(rng.integers(1, 300, n), jnp.int32),
+                               output=jnp.asarray(output, jnp.int32),
+                               prediction=jnp.asarray(output * np.exp(rng.normal(0, 0.5, n))))
+    spec = engine.EngineSpec(slots=n, preemption="recompute", admission="optimistic",
+                             refine=refine)
+    params = LLMSystem(kv_capacity=800, block_size=16, refine_every=7, iter_base=0.01,
+                       iter_per_prefill_token=2e-4, iter_per_decode_seq=1e-3,
+                       iter_per_kv_token=3e-6).params()
+    policy, predictor, key = jaxq.SPRPT(), jaxq.LognormalNoise(0.6), jax.random.key(3)
+    one = jax.jit(lambda st: engine.step(spec, params, policy, predictor, requests, key, st))
+    decode_run = jax.jit(lambda st, allowance: engine._decode_run(
+        spec, params, predictor, requests, key, st, allowance))
+
+    state, in_runs = engine.init_state(spec, requests), 0
+    for boundary in range(4000):
+        if bool(engine.done(state, requests)):
+            break
+        state = one(state)
+        allowance = 5 if boundary % 3 == 0 else 10**6
+        fast, m = decode_run(state, allowance)
+        m = int(m)
+        assert m <= allowance
+        slow = state
+        for _ in range(m):
+            slow = one(slow)
+        # Everything but the count of boundaries computed in full, which is what runs save.
+        assert int(fast.totals.boundaries) == int(state.totals.boundaries)
+        uncounted = lambda st: st._replace(  # noqa: E731
+            totals=st.totals._replace(boundaries=jnp.zeros((), jnp.int32)))
+        for a, b in zip(jax.tree_util.tree_leaves(uncounted(fast)),
+                        jax.tree_util.tree_leaves(uncounted(slow))):
+            if jnp.issubdtype(a.dtype, jnp.floating):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+            else:
+                np.testing.assert_array_equal(a, b)
+        state, in_runs = fast, in_runs + m
+    assert bool(engine.done(state, requests))
+    assert int(state.totals.preemptions) > 0  # the KV limit binds at times
+    assert in_runs >= 100  # the comparison covered many run iterations

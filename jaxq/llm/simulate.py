@@ -158,6 +158,8 @@ class LLMResult:
     mean_batch_size: np.ndarray  # S, requests per iteration
     mean_queue_length: np.ndarray  # S, time average of requests in system not in the batch
     iterations: np.ndarray  # S, total over replicas
+    boundaries: np.ndarray  # S, iterations whose boundary the engine computed in full (the
+    #   others were pure-decode iterations advanced in closed form), total over replicas
     completed: np.ndarray  # S, measured requests that finished, over replicas
     overflow: np.ndarray  # S, boundaries at which an arrival found no free slot (0: valid)
     unfinished: np.ndarray  # S, requests still in system when the run was stopped
@@ -201,7 +203,9 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     (replayed as is; `requests` must be None). slots: requests the engine can hold at once
     (default: all of a trace's, or 1024). warmup: requests excluded from the metrics (default 0
     for a trace, requests // 10 for a synthetic workload). progress: None, or a callable
-    (finished requests, total) called between compiled calls.
+    (finished requests, total) called between compiled calls, each of at most `steps_per_call`
+    boundaries per configuration. max_iterations: iterations per configuration after which it
+    stops, finished or not (default: 20 (P + O) summed over its requests, plus 1000).
     """
     start = time.perf_counter()
     if not isinstance(system, LLMSystem):
@@ -243,15 +247,15 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     limit = (max_iterations if max_iterations is not None
              else 20 * int(np.max(np.sum(np.asarray(reqs.prompt) + np.asarray(reqs.output),
                                          axis=-1))) + 1000)
-    steps = 0
-    while steps < limit:
+    while True:
         state = _advance(spec, per.params(), per.policy, per.predictor, reqs, refine_keys,
-                         state, jnp.asarray(min(steps_per_call, limit - steps), jnp.int32))
-        steps += steps_per_call
+                         state, jnp.asarray(steps_per_call, jnp.int32),
+                         jnp.asarray(limit, jnp.int32))
         finished = int(jnp.sum(state.totals.finished))
         if progress is not None:
             progress(finished, b * replicas * n)
-        if finished >= b * replicas * n:
+        stopped = (state.totals.finished >= n) | (state.totals.iterations >= limit)
+        if finished >= b * replicas * n or bool(jnp.all(stopped)):
             break
     result = _summarise(per, state, reqs, shape, replicas, warmup, ttft_slo, tpot_slo,
                         time.perf_counter() - start)
@@ -325,8 +329,9 @@ def _init(spec, reqs):
 
 
 @partial(jax.jit, static_argnums=0, donate_argnums=6)
-def _advance(spec, params, policy, predictor, reqs, keys, state, steps):
-    return jax.vmap(lambda p, pol, pr, r, k, s: run(spec, p, pol, pr, r, k, s, steps))(
+def _advance(spec, params, policy, predictor, reqs, keys, state, steps, max_iterations):
+    return jax.vmap(lambda p, pol, pr, r, k, s: run(spec, p, pol, pr, r, k, s, steps,
+                                                    max_iterations))(
         params, policy, predictor, reqs, keys, state)
 
 
@@ -380,7 +385,8 @@ def _summarise(per, state: EngineState, reqs: Requests, shape, replicas, warmup,
                 shape + (replicas,))),
             mean_batch_size=np.sum(t.batched, -1) / np.sum(t.iterations, -1),
             mean_queue_length=np.mean(t.waiting_seconds / elapsed, axis=-1),
-            iterations=sums(t.iterations), completed=n_measured,
+            iterations=sums(t.iterations), boundaries=sums(t.boundaries),
+            completed=n_measured,
             overflow=sums(t.overflow),
             unfinished=sums(ttft.shape[-1] - t.finished),
             ttft=ttft, latency=latency, request_preemptions=grid(state.preemptions),

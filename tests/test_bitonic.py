@@ -1,0 +1,30 @@
+"""The sorting network against lax.sort on unique multi-key rows."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxq._bitonic import sorted_ids
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 13, 64, 100, 129])
+def test_sorted_ids_equal_lax_sort(k):
+    rng = np.random.default_rng(k)
+    network = jax.jit(sorted_ids)
+    for _ in range(10):
+        klass = jnp.asarray(rng.integers(0, 3, k), jnp.int32)
+        primary = jnp.asarray(rng.choice([-1.5, -0.0, 0.0, 2.0, np.inf], k), jnp.float32)
+        tiebreak = jnp.asarray(rng.permutation(k) - k // 2, jnp.int32)  # unique, some negative
+        expected = lax.sort((klass, primary, tiebreak, jnp.arange(k, dtype=jnp.int32)),
+                            num_keys=3)[3]
+        np.testing.assert_array_equal(network((klass, primary, tiebreak)), expected)
+
+
+def test_sorted_ids_vmaps():
+    rng = np.random.default_rng(0)
+    keys = jnp.asarray(rng.standard_normal((4, 37)), jnp.float32)
+    ids = jnp.broadcast_to(jnp.arange(37, dtype=jnp.int32), (4, 37))
+    np.testing.assert_array_equal(jax.vmap(lambda x, i: sorted_ids((x, i)))(keys, ids),
+                                  np.argsort(np.asarray(keys), axis=1))
