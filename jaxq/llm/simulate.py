@@ -205,7 +205,8 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     for a trace, requests // 10 for a synthetic workload). progress: None, or a callable
     (finished requests, total) called between compiled calls, each of at most `steps_per_call`
     boundaries per configuration. max_iterations: iterations per configuration after which it
-    stops, finished or not (default: 20 (P + O) summed over its requests, plus 1000).
+    stops, finished or not (default: 20 times the largest sum of P + O over a configuration's
+    requests, plus 1000).
     """
     start = time.perf_counter()
     if not isinstance(system, LLMSystem):
