@@ -246,7 +246,7 @@ def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks)
                  evicted=back(evicted), swapped_out=back(swapped_out))
 
 
-def _refined(predictor: Predictor, key, s: Slots, m) -> jax.Array:
+def _refinement_multipliers(predictor: Predictor, key, s: Slots, m) -> jax.Array:
     """(K,) multipliers M of the prediction model, one fresh draw per (request, m): the same
     draw whatever slot or batch the request is in."""
     return jax.vmap(lambda i, m: predictor.multiplier(
@@ -261,7 +261,8 @@ def _refine(spec, p, predictor, key, s: Slots, produced, generated) -> jax.Array
         return s.prediction
     f = s.prediction.dtype
     refine = produced & (generated % p.refine_every == 0) & (generated < s.output)
-    multiplier = _refined(predictor, key, s, generated // jnp.maximum(p.refine_every, 1))
+    multiplier = _refinement_multipliers(predictor, key, s,
+                                         generated // jnp.maximum(p.refine_every, 1))
     left = (s.output - generated).astype(f)
     refined = generated.astype(f) + left * multiplier ** (left / s.output)
     return jnp.where(refine, refined, s.prediction)
