@@ -39,7 +39,8 @@ def engine_limits(folder: str) -> dict:
     kwargs = meta["engine_kwargs"]
     return {"max_seqs": kwargs["max_num_seqs"],
             "max_batched_tokens": kwargs["max_num_batched_tokens"],
-            "block_size": meta["kv_cache"]["block_size"]}
+            "block_size": meta["kv_cache"]["block_size"],
+            "prefix_cache": bool(meta["kv_cache"]["enable_prefix_caching"])}
 
 
 def simulated(folder: str, kv_capacity: int | None = None) -> dict:
@@ -59,6 +60,7 @@ def simulated(folder: str, kv_capacity: int | None = None) -> dict:
             "latency_mean": float(r.latency_mean),
             "makespan": float(len(trace) / r.request_throughput),
             "preemptions": int(r.preemptions), "recomputed_tokens": int(r.recomputed_tokens),
+            "prefix_hit_tokens": int(r.prefix_hit_tokens),
             "iterations": int(r.iterations), "kv_capacity": int(system.kv_capacity)}
 
 

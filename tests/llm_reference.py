@@ -53,12 +53,24 @@ Choices made where the text leaves room (the most literal reading in each case):
     another token later does not change it.
 12. Refinement runs right after a token is produced (g < O only), in batch order, and is seen by
     the ranking at the next boundary. refine_multiplier(index, g // refine_every) gives M.
+13. Prefix cache (prefix_cache=True): the free blocks are kept as an explicit queue of C blocks,
+    each tagged None or (request, j) for the j-th block (from 0) of KV dropped by recompute. At
+    a boundary: (a) the preempted requests push their blocks, the lowest-ranked request first;
+    a swapped one pushes blk(n) untagged blocks; a recomputed one pushes its partial last block
+    (untagged, if n is not a multiple of b), then its n // b full blocks tagged, last first;
+    (b) every batch member with a cached prefix takes its tagged blocks out of the queue (the
+    hit h is b times the number of its blocks 0, 1, 2, ... present without a gap, computed when
+    the batch is formed, where the request counts as holding n = h); (c) the batch's new
+    blocks, sum of blk(n + q) - (blocks held, hit blocks included), are popped from the front.
+    At the end of the iteration finished requests push blk(n) untagged blocks. The queue's
+    length always equals C minus the resident requests' blocks (asserted every iteration).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections import deque
 from typing import Callable
 
 POLICIES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
@@ -99,6 +111,7 @@ class ReferenceConfig:
     iter_per_decode_seq: float = 1e-3
     iter_per_kv_token: float = 1e-6
     swap_per_token: float = 1e-5
+    prefix_cache: bool = False  # keep the KV dropped by recompute until its blocks are reused
     refine_every: int = 0     # 0: no refinement
     # (request index, m) -> M for the m-th refinement of that request (m = g // refine_every)
     refine_multiplier: Callable[[int, int], float] | None = None
@@ -114,6 +127,7 @@ class ReferenceResult:
     recomputed_tokens: int         # sum of n dropped by recompute preemptions
     swapped_tokens: int            # tokens moved to or from the host (both directions)
     peak_kv_tokens: int            # max over iterations of resident KV tokens during the iteration
+    prefix_hit_tokens: int         # KV tokens found in the prefix cache instead of recomputed
     # One dict per iteration:
     #   time: end of the iteration; dt: its length
     #   batch: request indices in rank order; q: tokens each processed (aligned with batch)
@@ -125,6 +139,7 @@ class ReferenceResult:
     #   recomputed_n: the n each of those dropped (aligned with recomputed)
     #   swapped_in: batch members that came back from the host; swap_tokens: in + out
     #   finished: indices that produced their last token in this iteration
+    #   prefix_hit: tokens each batch member found in the prefix cache (aligned with batch)
     log: list[dict]
 
 
@@ -249,6 +264,20 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
     log: list[dict] = []
     recomputed_tokens = 0
     swapped_tokens = 0
+    prefix_hit_tokens = 0
+    # The free GPU blocks in the order they are reused, front first (choice 13); only kept with
+    # the prefix cache on.
+    free_blocks = deque([None] * C)
+
+    def cached_prefix(r: _Request) -> int:
+        """Tokens of r's dropped KV still intact in the free blocks (choice 13)."""
+        if not cfg.prefix_cache or r.where != NOWHERE:
+            return 0
+        tags = set(free_blocks)
+        j = 0
+        while (r.index, j) in tags:
+            j += 1
+        return j * b
 
     while finished < N:
         # ---- The boundary at `now`: arrivals enter; if empty, jump to the next arrival. ----
@@ -271,13 +300,16 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
         H = 0              # H_{i-1}, then H_i
         R = 0              # R_{i-1}, then R_i
         L = 0
+        hits = []          # cached-prefix tokens of each batch member (aligned with batch)
         for i, r in enumerate(order, start=1):
-            u = r.u
+            h = cached_prefix(r)
+            n = r.n + h    # with a hit the request counts as holding its cached prefix
+            u = r.P + r.g - n
             q = min(u, T - sum_u_before)
             resident = r.where == RESIDENT
             if q < 1 or i > S:
                 break
-            D_i = D + (_blk(r.n + q, b) - _blk(r.n, b) if resident else _blk(r.n + q, b))
+            D_i = D + (_blk(n + q, b) - _blk(n, b) if resident else _blk(n + q, b))
             H_i = H + (_blk(r.n, b) if resident else 0)
             if cfg.admission == "reserve-predicted":
                 R_i = R + min(_blk(r.P + max(math.ceil(r.yhat), r.g + 1) - 1, b), C)
@@ -287,9 +319,12 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
                 R_i = R
             if D_i + H_i > C:
                 break
+            if not resident and D + _blk(r.P + r.g, b) + H_i > C:
+                break  # its whole known sequence must fit now
             if not resident and i > 1 and cfg.admission != "optimistic" and R_i > C:
                 break
             batch.append((r, q))
+            hits.append(h)
             sum_u_before += u
             D, H, R = D_i, H_i, R_i
             L = i
@@ -325,6 +360,7 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
         swap_out_tokens = 0
         host_used = 0
         may_swap = cfg.preemption == "swap"
+        pushes = []  # (request, its n, recomputed?), in rank order
         for r in preempted:
             r.preemptions += 1
             if may_swap and host_used + _blk(r.n, b) <= host_free:
@@ -332,13 +368,36 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
                 swap_out_tokens += r.n
                 r.where = SWAPPED
                 swapped_out.append(r.index)
+                pushes.append((r, r.n, False))
             else:
                 may_swap = False
                 recomputed_tokens += r.n
                 recomputed.append(r.index)
                 recomputed_n.append(r.n)
+                pushes.append((r, r.n, True))
                 r.n = 0
                 r.where = NOWHERE
+
+        if cfg.prefix_cache:
+            # (a) Preempted blocks go to the back, the lowest-ranked request first.
+            for r, n, dropped in reversed(pushes):
+                if not dropped:
+                    free_blocks.extend([None] * _blk(n, b))
+                    continue
+                free_blocks.extend([None] * (_blk(n, b) - n // b))
+                free_blocks.extend((r.index, j) for j in reversed(range(n // b)))
+            # (b) Cache hits take their blocks out of the queue.
+            held = 0  # blocks the batch holds before processing: resident ones and hits
+            for (r, q), h in zip(batch, hits):
+                if h:
+                    for j in range(h // b):
+                        free_blocks.remove((r.index, j))
+                    r.n = h
+                    prefix_hit_tokens += h
+                held += _blk(r.n, b) if (r.where == RESIDENT or h) else 0
+            # (c) The batch's new blocks come from the front.
+            for _ in range(sum(_blk(r.n + q, b) for r, q in batch) - held):
+                free_blocks.popleft()
 
         # ---- The iteration's length. ----
         prefill_tokens = 0
@@ -380,10 +439,15 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
         # The memory in use during the iteration: finishing requests still hold their KV.
         kv_tokens_during = sum(r.n for r in in_system if r.where == RESIDENT)
         for r in done:
+            if cfg.prefix_cache:
+                free_blocks.extend([None] * _blk(r.n, b))
             in_system.remove(r)
             r.where = NOWHERE  # leaves, freeing its blocks
             finished += 1
         now = end
+        if cfg.prefix_cache:
+            assert len(free_blocks) == C - sum(_blk(r.n, b) for r in in_system
+                                               if r.where == RESIDENT)
 
         log.append({
             "time": end,
@@ -405,6 +469,7 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
             "swapped_in": swapped_in,
             "swap_tokens": swap_tokens,
             "finished": [r.index for r in done],
+            "prefix_hit": hits,
         })
 
     return ReferenceResult(
@@ -416,5 +481,6 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
         recomputed_tokens=recomputed_tokens,
         swapped_tokens=swapped_tokens,
         peak_kv_tokens=max((e["kv_tokens_during"] for e in log), default=0),
+        prefix_hit_tokens=prefix_hit_tokens,
         log=log,
     )

@@ -84,14 +84,17 @@ def _compare(result, ref, arrival):
     assert int(result.recomputed_tokens) == ref.recomputed_tokens
     assert int(result.swapped_tokens) == ref.swapped_tokens
     assert int(result.peak_kv_tokens) == ref.peak_kv_tokens
+    assert int(result.prefix_hit_tokens) == ref.prefix_hit_tokens
 
 
-def _check_against_reference(policy_name, preemption, admission, seeds=range(3)):
+def _check_against_reference(policy_name, preemption, admission, seeds=range(3),
+                             prefix_cache=False):
+    """Returns (preemptions, prefix-cache hit tokens) summed over the seeds."""
     make, options = POLICY_CASES[policy_name]
-    preempted = 0
+    preempted = hits = 0
     for seed in seeds:
         arrival, prompt, output, prediction = _instance(seed)
-        limits = _config(seed)
+        limits = dict(_config(seed), prefix_cache=prefix_cache)
         result = _run_engine(make(), arrival, prompt, output, prediction,
                              preemption=preemption, admission=admission, **limits)
         ref = run_reference(arrival, prompt, output, prediction, ReferenceConfig(
@@ -99,14 +102,23 @@ def _check_against_reference(policy_name, preemption, admission, seeds=range(3))
             admission=admission, **options, **limits))
         _compare(result, ref, arrival)
         preempted += ref.total_preemptions
-    return preempted
+        hits += ref.prefix_hit_tokens
+    return preempted, hits
 
 
 @pytest.mark.parametrize("preemption", ["recompute", "swap"])
 @pytest.mark.parametrize("policy_name", sorted(POLICY_CASES))
 def test_matches_reference(policy_name, preemption):
     # The instances do put the memory under pressure, so preemption is exercised.
-    assert _check_against_reference(policy_name, preemption, "optimistic") > 0
+    assert _check_against_reference(policy_name, preemption, "optimistic")[0] > 0
+
+
+@pytest.mark.parametrize("preemption", ["recompute", "swap"])
+@pytest.mark.parametrize("policy_name", ["fcfs", "sprpt", "onebit-preemptive", "linear"])
+def test_prefix_cache_matches_reference(policy_name, preemption):
+    # The free-block queue and its cached runs, against the reference's explicit queue.
+    assert _check_against_reference(policy_name, preemption, "optimistic", seeds=range(4),
+                                    prefix_cache=True)[1] > 0
 
 
 @pytest.mark.parametrize("admission", ["reserve-predicted", "reserve-max"])
@@ -243,8 +255,8 @@ def test_queue_engine_refuses_request_features():
             jaxq.simulate(jaxq.System(0.5, policy=jaxq.Linear(w_kv=1.0)), jobs=10)
 
 
-@pytest.mark.parametrize("refine", [False, True])
-def test_decode_runs_equal_iteration_by_iteration(refine):
+@pytest.mark.parametrize("refine, prefix_cache", [(False, False), (True, False), (False, True)])
+def test_decode_runs_equal_iteration_by_iteration(refine, prefix_cache):
     """A closed-form run of m pure-decode iterations gives the state m single iterations give
     (times to rounding), on a workload that is congested at times."""
     from jaxq.llm import engine
@@ -257,7 +269,7 @@ def test_decode_runs_equal_iteration_by_iteration(refine):
                                output=jnp.asarray(output, jnp.int32),
                                prediction=jnp.asarray(output * np.exp(rng.normal(0, 0.5, n))))
     spec = engine.EngineSpec(slots=n, preemption="recompute", admission="optimistic",
-                             refine=refine)
+                             refine=refine, prefix_cache=prefix_cache)
     params = LLMSystem(kv_capacity=800, block_size=16, refine_every=7, iter_base=0.01,
                        iter_per_prefill_token=2e-4, iter_per_decode_seq=1e-3,
                        iter_per_kv_token=3e-6).params()
@@ -289,6 +301,12 @@ def test_decode_runs_equal_iteration_by_iteration(refine):
             else:
                 np.testing.assert_array_equal(a, b)
         state, in_runs = fast, in_runs + m
+        if prefix_cache:  # the free queue accounts for every free block, none twice
+            sl, queue = state.slots, state.free_queue
+            used = int(jnp.sum(jnp.where(sl.resident, -(-sl.kv // 16), 0)))
+            tail = 800 // 16 - used - int(jnp.sum(queue.gap)) - int(jnp.sum(queue.blocks))
+            assert tail >= 0 and int(jnp.min(queue.gap)) >= 0 and int(jnp.min(queue.blocks)) >= 0
     assert bool(engine.done(state, requests))
     assert int(state.totals.preemptions) > 0  # the KV limit binds at times
+    assert (int(state.totals.prefix_hit_tokens) > 0) == prefix_cache
     assert in_runs >= 100  # the comparison covered many run iterations

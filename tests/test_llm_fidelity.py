@@ -29,8 +29,6 @@ def test_replay_completes_with_memory_pressure(fidelity):
         assert 0.5 < sim[key] / real[key] < 2.0, key
 
 
-@pytest.mark.xfail(strict=True, reason="the roofline preset is ~30% slow on this run; see README "
-                                       "'Fidelity to a real engine'")
 @pytest.mark.parametrize("key", ["ttft_mean", "tpot_mean", "latency_mean"])
 def test_within_15_percent_of_vllm(fidelity, key):
     real, sim = fidelity

@@ -101,6 +101,55 @@ def test_recompute_preemption():
     assert r.peak_kv_tokens == 6
 
 
+def test_waiting_request_needs_its_whole_sequence_to_fit():
+    # kv_capacity 10 (block size 1), budget T = 4. A: P = 2, O = 5; B: P = 9, O = 1; both at 0.
+    # t = 0: A takes q = 2 (D = 2). B's chunk q = 2 would fit (D = 4), but its whole prompt does
+    #   not: D_1 + blk(9) + H = 2 + 9 + 0 = 11 > 10, so B waits. A prefills alone: 1.2.
+    # A then decodes (dt = 1.01) at 2.21, 3.22, 4.23 and 5.24 (its 5th token: it leaves); at
+    #   each boundary B still fails, e.g. at 1.2: D_1 + blk(9) + H = 1 + 9 + 2 = 12 > 10.
+    # t = 5.24: B alone, in chunks of 4, 4, 1: 6.64, 8.04, 9.14 (first and last token).
+    cfg = ReferenceConfig(kv_capacity=10, max_batched_tokens=4, **SIMPLE)
+    r = run_reference([0.0, 0.0], [2, 9], [5, 1], [5.0, 1.0], cfg)
+    assert_times(r, [1.2, 9.14], [5.24, 9.14])
+    assert [e["batch"] for e in r.log[:5]] == [[0]] * 5 and r.total_preemptions == 0
+
+
+def test_prefix_cache_reuses_the_blocks_recompute_dropped():
+    # As test_recompute_preemption, with the prefix cache: the free queue is explicit.
+    # t = 0: two prefills take 4 of the 6 free blocks; t = 1.4: two decodes take the last 2.
+    # t = 2.42: B is preempted (n = 3, block size 1: three full blocks), pushed last block first:
+    #   queue [B2, B1, B0]. A's decode pops B2 from the front: [B1, B0]; A finishes at 3.43 and
+    #   frees 4 plain blocks: [B1, B0, -, -, -, -].
+    # t = 3.43: B finds blocks 0 and 1 intact (block 2 is gone): hit h = 2, so n = 2 and
+    #   u = P + g - n = 2 + 2 - 2 = 2 tokens to prefill: dt = 1.2 -> 4.63, n = 4 = P + g: done.
+    r = _two_growing_requests(preemption="recompute", prefix_cache=True)
+    assert_times(r, [1.4, 1.4], [3.43, 4.63])
+    assert r.recomputed_tokens == 3 and r.prefix_hit_tokens == 2
+    assert r.log[3]["prefix_hit"] == [2] and r.log[3]["prefill_tokens"] == 2
+    # Without the cache B recomputes all 4 tokens (test_recompute_preemption): 4.83.
+    assert _two_growing_requests(preemption="recompute").prefix_hit_tokens == 0
+
+
+def test_prefix_cache_hit_that_leaves_one_token_to_decode():
+    # Blocks of 2, kv_capacity 6: C = 3 blocks. A and B: P = 2, O = 3, fcfs.
+    # t = 0: prefills of 2 + 2 tokens (1 block each): dt = 1.4 -> 1.4, n = 2, g = 1.
+    # t = 1.4: A: D = blk(3) - blk(2) = 1, H = 1. B: D = 2, H = 2 -> 4 > 3 and B cannot grow:
+    #   preempted (n = 2: one full block): queue [-, B0]. A's new block pops "-": [B0].
+    #   dt = 1.01 -> 2.41, A: n = 3, g = 2.
+    # t = 2.41: B's hit is 2 tokens, so n = 2 and u = P + g - n = 1 with g = 1: decoding, but its
+    #   D = blk(3) = 2 with A's H = 2 exceeds 3. A decodes alone: 3.42, finished (frees 2).
+    # t = 3.42: B decodes from its cached prefix (1.01 -> 4.43, g = 2) and again (5.44).
+    #   Without the cache it would prefill u = 3 tokens at 3.42 (1.3 -> 4.72), then 5.73.
+    cfg = ReferenceConfig(kv_capacity=6, block_size=2, prefix_cache=True, **SIMPLE)
+    r = run_reference([0.0, 0.0], [2, 2], [3, 3], [3.0, 3.0], cfg)
+    assert_times(r, [1.4, 1.4], [3.42, 5.44])
+    assert r.prefix_hit_tokens == 2 and r.log[3]["prefix_hit"] == [2]
+    assert r.log[3]["decode_seqs"] == 1 and r.log[3]["prefill_tokens"] == 0
+    r = run_reference([0.0, 0.0], [2, 2], [3, 3], [3.0, 3.0],
+                      dataclasses.replace(cfg, prefix_cache=False))
+    assert_times(r, [1.4, 1.4], [3.42, 5.73])
+
+
 def test_swap_preemption():
     # As test_recompute_preemption, with swap, host_capacity 3 and swap_per_token 0.05.
     # t = 2.42: B (n = 3, 3 blocks) is preempted; 3 host blocks are free: swapped out.
@@ -422,6 +471,7 @@ def check_invariants(arrival, prompt, output, cfg, r):
     assert r.iterations == len(r.log)
     processed = [0] * N
     dropped = [0] * N
+    hits = [0] * N
     preempted = [0] * N
     last = -math.inf
     for e in r.log:
@@ -438,9 +488,11 @@ def check_invariants(arrival, prompt, output, cfg, r):
         assert sorted(e["swapped_out"] + e["recomputed"]) == sorted(e["preempted"])
         if cfg.preemption == "recompute":
             assert e["swapped_out"] == [] and e["swapped_in"] == []
-        for i, q in zip(e["batch"], e["q"]):
+        for i, q, h in zip(e["batch"], e["q"], e["prefix_hit"]):
             processed[i] += q
+            hits[i] += h
             assert arrival[i] <= e["time"]
+            assert h == 0 or (cfg.prefix_cache and h % b == 0)
         for i, n in zip(e["recomputed"], e["recomputed_n"]):
             dropped[i] += n
         for i in e["preempted"]:
@@ -448,12 +500,13 @@ def check_invariants(arrival, prompt, output, cfg, r):
     for i in range(N):
         assert r.finish_time[i] is not None and r.first_token_time[i] is not None
         assert r.finish_time[i] >= r.first_token_time[i] >= arrival[i]
-        assert processed[i] == prompt[i] + output[i] - 1 + dropped[i], i
+        assert processed[i] + hits[i] == prompt[i] + output[i] - 1 + dropped[i], i
         if output[i] == 1:
             assert r.finish_time[i] == r.first_token_time[i]
     assert r.preemptions == preempted
     assert r.total_preemptions == sum(preempted)
     assert r.recomputed_tokens == sum(dropped)
+    assert r.prefix_hit_tokens == sum(hits) <= r.recomputed_tokens
     assert r.swapped_tokens == sum(e["swap_tokens"] for e in r.log)
     if cfg.preemption == "recompute":
         assert r.swapped_tokens == 0
@@ -466,6 +519,7 @@ def check_invariants(arrival, prompt, output, cfg, r):
     # Replay every request's n and location from the log alone and compare the memory figures.
     n = [0] * N
     where = ["nowhere"] * N
+    last_dropped = [0] * N
     for e in r.log:
         for i in e["swapped_in"]:
             assert where[i] == "swapped"
@@ -474,9 +528,11 @@ def check_invariants(arrival, prompt, output, cfg, r):
             where[i] = "swapped"
         for i, dropped_n in zip(e["recomputed"], e["recomputed_n"]):
             assert where[i] == "resident" and n[i] == dropped_n
-            n[i], where[i] = 0, "nowhere"
-        for i, q in zip(e["batch"], e["q"]):
-            n[i] += q
+            n[i], where[i], last_dropped[i] = 0, "nowhere", dropped_n
+        for i, q, h in zip(e["batch"], e["q"], e["prefix_hit"]):
+            # A hit is a leading part of the KV the request's last recompute dropped.
+            assert h == 0 or (where[i] == "nowhere" and h <= last_dropped[i])
+            n[i] += h + q
             where[i] = "resident"
         for i in e["finished"]:
             assert n[i] == prompt[i] + output[i] - 1
@@ -509,6 +565,7 @@ def test_invariants_random(variant):
 
 
 def test_invariants_with_refinement_aging_and_blocks():
+    hit_tokens = 0
     for seed, variant in itertools.product(range(3), POLICY_VARIANTS):
         arrival, prompt, output, prediction = random_trace(100 + seed, N=12)
         rng = random.Random(seed)
@@ -517,12 +574,15 @@ def test_invariants_with_refinement_aging_and_blocks():
         def multiplier(i, m):
             return draws.setdefault((i, m), math.exp(rng.gauss(0.0, 0.5)))
 
-        for preemption, admission in itertools.product(PREEMPTION_MODES, ADMISSION_MODES):
+        for preemption, admission, cache in itertools.product(PREEMPTION_MODES, ADMISSION_MODES,
+                                                              (False, True)):
             cfg = pressured_config(variant, preemption, admission, block_size=3, kv_capacity=25,
                                    host_capacity=7, aging=0.3, refine_every=2,
-                                   refine_multiplier=multiplier)
+                                   refine_multiplier=multiplier, prefix_cache=cache)
             r = run_reference(arrival, prompt, output, prediction, cfg)
             check_invariants(arrival, prompt, output, cfg, r)
+            hit_tokens += r.prefix_hit_tokens
+    assert hit_tokens > 0  # the prefix cache was exercised
 
 
 def test_reserve_modes_reduce_preemption_for_fcfs():

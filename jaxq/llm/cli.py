@@ -21,8 +21,9 @@ JSON_KEYS = ("ttft_mean", "ttft_p50", "ttft_p90", "ttft_p99", "tpot_mean", "tpot
              "latency_per_token_mean", "latency_per_token_p50", "latency_per_token_p90",
              "latency_per_token_p99", "ttft_stderr", "latency_stderr", "request_throughput",
              "token_throughput", "goodput", "mean_kv_use", "peak_kv_tokens", "preemptions",
-             "recomputed_tokens", "swapped_tokens", "swapped_bytes", "mean_batch_size",
-             "mean_queue_length", "iterations", "completed", "overflow", "unfinished")
+             "recomputed_tokens", "prefix_hit_tokens", "swapped_tokens", "swapped_bytes",
+             "mean_batch_size", "mean_queue_length", "iterations", "completed", "overflow",
+             "unfinished")
 _COST_OPTIONS = ("iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
                  "iter_per_kv_token", "swap_per_token")
 
@@ -59,6 +60,9 @@ def add_llm_parser(sub):
                    help="redraw the prediction every K output tokens (noise shrinking)")
     s.add_argument("--preemption", default="recompute", help=" or ".join(PREEMPTION_MODES))
     s.add_argument("--admission", default="optimistic", help=", ".join(ADMISSION_MODES))
+    s.add_argument("--prefix-cache", action="store_true",
+                   help="keep KV dropped by recompute until its blocks are reused (vLLM's "
+                        "prefix caching)")
     e = p.add_argument_group("engine limits")
     e.add_argument("--kv-capacity", type=int, default=None,
                    help="KV-cache tokens (default: from --gpu and --model)")
@@ -120,7 +124,8 @@ def build_llm_system(args):
         max_output=args.max_output,
         refine_every=1 if args.refine_every is None else args.refine_every,
         refine=args.refine_every is not None, kv_bytes_per_token=cost.kv_bytes_per_token,
-        seed=args.seed, preemption=args.preemption, admission=args.admission, **coefficients)
+        seed=args.seed, preemption=args.preemption, admission=args.admission,
+        prefix_cache=args.prefix_cache, **coefficients)
     return system, workload
 
 
@@ -146,7 +151,8 @@ def cmd_llm(args) -> dict:
         _write_per_request(args.per_request, result, arrival)
     metrics = result.to_dict()
     out = {"policy": args.policy, "predictor": args.predictor, "preemption": args.preemption,
-           "admission": args.admission, "kv_capacity": int(system.kv_capacity),
+           "admission": args.admission, "prefix_cache": args.prefix_cache,
+           "kv_capacity": int(system.kv_capacity),
            **{name: float(getattr(system, name)) for name in _COST_OPTIONS}}
     out.update({k: metrics[k] for k in JSON_KEYS})
     out.update(replicas=args.replicas, seed=args.seed, seconds=result.seconds)

@@ -43,6 +43,7 @@ class EngineSpec(NamedTuple):
     preemption: str  # "recompute" or "swap"
     admission: str  # "optimistic", "reserve-predicted" or "reserve-max"
     refine: bool  # redraw predictions every `refine_every` tokens
+    prefix_cache: bool = False  # KV dropped by recompute stays cached until its blocks are reused
 
 
 class EngineParams(eqx.Module):
@@ -102,6 +103,20 @@ class Totals(NamedTuple):
     batched: jax.Array  # int32, sum over iterations of the batch size
     overflow: jax.Array  # int32, boundaries at which an arrived request found no free slot
     finished: jax.Array  # int32, requests that have left
+    prefix_hit_tokens: jax.Array  # int32, KV tokens found in the prefix cache, not recomputed
+
+
+class FreeQueue(NamedTuple):
+    """The GPU's free KV blocks in the order they are reused (front first), with the prefix cache
+    on: runs of cached blocks ("entries", one per request whose KV recompute dropped and some of
+    whose blocks are still intact) separated by free blocks nobody will read again. Arrays are
+    (E,), E = slots with the prefix cache on and 0 without; the live entries (blocks > 0) come
+    first, front to back. The plain blocks behind the last entry are not stored: with F free
+    blocks in all they number F - sum(gap) - sum(blocks)."""
+
+    slot: jax.Array  # int32, slot of the request the entry caches for (E where no entry)
+    gap: jax.Array  # int32, plain free blocks between the previous entry (or the front) and it
+    blocks: jax.Array  # int32, the request's leading full blocks still cached (0: no entry)
 
 
 class EngineState(NamedTuple):
@@ -112,6 +127,7 @@ class EngineState(NamedTuple):
     ttft: jax.Array  # (N,) float, time to first token per request (NaN until produced)
     latency: jax.Array  # (N,) float, end-to-end latency per request (NaN until finished)
     preemptions: jax.Array  # (N,) int32, per request (set when it finishes)
+    free_queue: FreeQueue
     totals: Totals
 
 
@@ -126,11 +142,14 @@ def init_state(spec: EngineSpec, requests: Requests) -> EngineState:
     totals = Totals(iterations=i0, boundaries=i0, busy_time=f0, elapsed=f0, preemptions=i0,
                     recomputed_tokens=i0, swapped_tokens=i0, peak_kv_tokens=i0,
                     kv_token_seconds=f0, waiting_seconds=f0, batched=i0, overflow=i0,
-                    finished=i0)
+                    finished=i0, prefix_hit_tokens=i0)
+    e = k if spec.prefix_cache else 0
+    queue = FreeQueue(slot=jnp.full((e,), e, jnp.int32), gap=jnp.zeros((e,), jnp.int32),
+                      blocks=jnp.zeros((e,), jnp.int32))
     return EngineState(slots=slots, next_arrival=i0, until_next=requests.gap[0],
                        host_blocks=i0, ttft=jnp.full((n,), jnp.nan, ftype),
                        latency=jnp.full((n,), jnp.nan, ftype),
-                       preemptions=jnp.zeros((n,), jnp.int32), totals=totals)
+                       preemptions=jnp.zeros((n,), jnp.int32), free_queue=queue, totals=totals)
 
 
 def done(state: EngineState, requests: Requests) -> jax.Array:
@@ -217,7 +236,9 @@ def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks)
     d = jnp.cumsum(jnp.where(active, new_blocks, 0))
     h = jnp.cumsum(held)
     position = jnp.arange(1, active.shape[0] + 1)
-    kv_ok = d + h <= cap
+    # A request that is not resident is admitted only if its whole known sequence fits now
+    # (vLLM's scheduler_reserve_full_isl), not only the chunk it processes.
+    kv_ok = (d + h <= cap) & (resident | (d - new_blocks + _blocks(prompt + g, b) + h <= cap))
     budget_ok = q >= 1
     seqs_ok = position <= p.max_seqs
     ok = active & kv_ok & budget_ok & seqs_ok
@@ -268,6 +289,53 @@ def _refine(spec, p, predictor, key, s: Slots, produced, generated) -> jax.Array
     return jnp.where(refine, refined, s.prediction)
 
 
+def _cached_blocks(queue: FreeQueue, k: int) -> jax.Array:
+    """(K,) int32: each slot's blocks still in the prefix cache (0 for most)."""
+    return jnp.zeros((k,), jnp.int32).at[queue.slot].add(queue.blocks, mode="drop")
+
+
+def _push_preempted(queue: FreeQueue, tail, order, batch: Batch, n, b) -> FreeQueue:
+    """The queue after the requests preempted at this boundary free their blocks at its back,
+    the lowest-ranked first: a swapped request's blocks are plain, a recomputed one frees its
+    partial last block (plain), then its full blocks, last first, as a new entry. `tail`: the
+    plain blocks behind the last entry before these pushes; n: (K,) tokens held."""
+    e = queue.slot.shape[0]
+    push = order[::-1]  # slot ids, lowest-ranked first
+    nn = n[push]
+    full = jnp.where(batch.evicted[push] & ~batch.swapped_out[push], nn // b, 0)
+    plain = jnp.where(batch.evicted[push], _blocks(nn, b) - full, 0)
+    new = full > 0
+    pushed = jnp.cumsum(plain)  # plain blocks pushed up to each, inclusive
+    at_new = lax.cummax(jnp.where(new, pushed, -1))  # `pushed` at the latest new entry so far
+    before = jnp.concatenate([jnp.full((1,), -1, at_new.dtype), at_new[:-1]])
+    gap = jnp.where(before < 0, tail + pushed, pushed - before)
+    position = jnp.where(new, jnp.sum(queue.blocks > 0) + jnp.cumsum(new) - 1, e)
+    i32 = lambda x: x.astype(jnp.int32)  # noqa: E731  (sums are int64 with float64 enabled)
+    return FreeQueue(slot=queue.slot.at[position].set(i32(push), mode="drop"),
+                     gap=queue.gap.at[position].set(i32(gap), mode="drop"),
+                     blocks=queue.blocks.at[position].set(i32(full), mode="drop"))
+
+
+def _take_and_pop(queue: FreeQueue, taken, popped) -> FreeQueue:
+    """The queue after the `taken` entries (E,) leave it (their requests' cache hits) and
+    `popped` blocks are allocated from its front, compacted so that live entries come first;
+    the plain blocks of a vanished entry join the next one's gap."""
+    e = queue.slot.shape[0]
+    blocks = jnp.where(taken, 0, queue.blocks)
+    size = queue.gap + blocks
+    ahead = jnp.cumsum(size) - size  # blocks ahead of each entry's gap
+    gap = queue.gap - jnp.clip(popped - ahead, 0, queue.gap)
+    blocks = blocks - jnp.clip(popped - ahead - queue.gap, 0, blocks)
+    keep = blocks > 0
+    lost = jnp.cumsum(jnp.where(keep, 0, gap))  # plain blocks of vanished entries so far
+    at_kept = lax.cummax(jnp.where(keep, lost, 0))
+    gap = gap + lost - jnp.concatenate([jnp.zeros((1,), lost.dtype), at_kept[:-1]])
+    position = jnp.where(keep, jnp.cumsum(keep) - 1, e)
+    put = lambda fill, x: (jnp.full((e,), fill, jnp.int32)  # noqa: E731
+                           .at[position].set(x.astype(jnp.int32), mode="drop"))
+    return FreeQueue(slot=put(e, queue.slot), gap=put(0, gap), blocks=put(0, blocks))
+
+
 def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
          requests: Requests, key: jax.Array, state: EngineState) -> EngineState:
     """One boundary and the iteration that follows it (a no-op once every request has left)."""
@@ -280,12 +348,15 @@ def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor
     s, next_arrival, until_next, overflow = _admit(spec, requests, state, s.age + jump,
                                                    state.until_next - jump)
     order = _order(policy, s)
-    batch = _form_batch(spec, p, s, order, state.host_blocks)
     b = p.block_size
+    # A request with blocks in the prefix cache counts as holding them (README).
+    hit = (_cached_blocks(state.free_queue, spec.slots) if spec.prefix_cache
+           else jnp.zeros_like(s.kv))
+    batch = _form_batch(spec, p, s._replace(kv=s.kv + hit * b), order, state.host_blocks)
 
-    n, g = s.kv, s.generated
+    n, g = s.kv + hit * b, s.generated
     u = s.prompt + g - n
-    swap_in = batch.scheduled & ~s.resident & (n > 0)
+    swap_in = batch.scheduled & ~s.resident & (s.kv > 0)
     decoding = batch.scheduled & (g >= 1) & (u == 1)
     f = s.age.dtype
     prefill_tokens = jnp.sum(jnp.where(batch.scheduled & ~decoding, batch.tokens, 0))
@@ -299,7 +370,16 @@ def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor
     dt = jnp.where(busy, dt, 0.0)
 
     # The iteration: process, produce tokens, preempt, leave.
-    kv = n + batch.tokens
+    kv = jnp.where(batch.scheduled, n + batch.tokens, s.kv)
+    queue = state.free_queue
+    if spec.prefix_cache:
+        held = jnp.where(s.resident, _blocks(s.kv, b), 0)
+        tail = (p.kv_capacity // b - jnp.sum(held) - jnp.sum(queue.gap)
+                - jnp.sum(queue.blocks))
+        queue = _push_preempted(queue, tail, order, batch, n, b)
+        taken = (queue.blocks > 0) & batch.scheduled[jnp.minimum(queue.slot, spec.slots - 1)]
+        popped = jnp.sum(jnp.where(batch.scheduled, _blocks(kv, b) - held - hit, 0))
+        queue = _take_and_pop(queue, taken, popped)
     produced = batch.scheduled & (kv == s.prompt + g)
     generated = g + produced
     first = produced & (g == 0)
@@ -336,10 +416,11 @@ def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor
         waiting_seconds=t.waiting_seconds + dt * (jnp.sum(s.active) - in_batch).astype(f),
         batched=t.batched + in_batch,
         overflow=t.overflow + overflow,
-        finished=t.finished + jnp.sum(leaving))
+        finished=t.finished + jnp.sum(leaving),
+        prefix_hit_tokens=t.prefix_hit_tokens + jnp.sum(jnp.where(batch.scheduled, hit * b, 0)))
     new = EngineState(slots=slots, next_arrival=next_arrival, until_next=until_next - dt,
                       host_blocks=host_blocks, ttft=ttft, latency=latency,
-                      preemptions=request_preemptions, totals=totals)
+                      preemptions=request_preemptions, free_queue=queue, totals=totals)
     # Keep the carry's dtypes (with float64 enabled, sums of int32 arrays are int64).
     return jax.tree_util.tree_map(lambda x, old: x.astype(old.dtype), new, state)
 

@@ -64,13 +64,15 @@ class LLMSystem(eqx.Module):
     preemption: str = eqx.field(static=True)
     admission: str = eqx.field(static=True)
     refine: bool = eqx.field(static=True)
+    prefix_cache: bool = eqx.field(static=True)
 
     def __init__(self, policy: Policy | None = None, predictor: Predictor | None = None, *,
                  kv_capacity=None, block_size=16, max_seqs=256, max_batched_tokens=2048,
                  host_capacity=0, max_output=4096, refine_every=32,
                  iter_base=None, iter_per_prefill_token=None, iter_per_decode_seq=None,
                  iter_per_kv_token=None, swap_per_token=None, kv_bytes_per_token=None,
-                 seed=0, preemption="recompute", admission="optimistic", refine=False):
+                 seed=0, preemption="recompute", admission="optimistic", refine=False,
+                 prefix_cache=False):
         self.policy = FCFS() if policy is None else policy
         self.predictor = Perfect() if predictor is None else predictor
         given = dict(locals())
@@ -85,6 +87,7 @@ class LLMSystem(eqx.Module):
         self.preemption = check_choice("preemption", preemption, PREEMPTION_MODES)
         self.admission = check_choice("admission", admission, ADMISSION_MODES)
         self.refine = bool(refine)
+        self.prefix_cache = bool(prefix_cache)
 
     def __check_init__(self):
         for name in ("block_size", "max_seqs", "max_batched_tokens", "refine_every"):
@@ -153,6 +156,7 @@ class LLMResult:
     peak_kv_tokens: np.ndarray  # S, most KV tokens resident in any iteration of any replica
     preemptions: np.ndarray  # S, total over replicas
     recomputed_tokens: np.ndarray  # S, KV tokens dropped by recompute, total over replicas
+    prefix_hit_tokens: np.ndarray  # S, of those, tokens found again in the prefix cache
     swapped_tokens: np.ndarray  # S, KV tokens moved to or from host, total over replicas
     swapped_bytes: np.ndarray  # S, swapped_tokens * kv_bytes_per_token
     mean_batch_size: np.ndarray  # S, requests per iteration
@@ -242,7 +246,7 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     reqs = _requests(per, workload, keys, n, is_trace)
     _check_fits(per, reqs, workload if is_trace else None)
     spec = EngineSpec(slots=slots, preemption=system.preemption, admission=system.admission,
-                      refine=system.refine)
+                      refine=system.refine, prefix_cache=system.prefix_cache)
     refine_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_REFINE))(keys)
     state = _init(spec, reqs)
     limit = (max_iterations if max_iterations is not None
@@ -381,6 +385,7 @@ def _summarise(per, state: EngineState, reqs: Requests, shape, replicas, warmup,
             mean_kv_use=np.mean(t.kv_token_seconds / t.busy_time / kv_cap, axis=-1),
             peak_kv_tokens=np.max(t.peak_kv_tokens, axis=-1),
             preemptions=sums(t.preemptions), recomputed_tokens=sums(t.recomputed_tokens),
+            prefix_hit_tokens=sums(t.prefix_hit_tokens),
             swapped_tokens=sums(t.swapped_tokens),
             swapped_bytes=sums(t.swapped_tokens * np.asarray(per.kv_bytes_per_token).reshape(
                 shape + (replicas,))),
