@@ -371,7 +371,7 @@ def parse_args(argv=None):
     parser.add_argument("--requests", type=int, default=200, help="requests per configuration")
     parser.add_argument("--rate", type=float, default=0.75, help="arrivals per second")
     parser.add_argument("--kv-capacity", type=int, default=16_000, help="KV-cache tokens")
-    parser.add_argument("--slots", type=int, default=128,
+    parser.add_argument("--slots", type=int, default=48,
                         help="jaxq request slots (at least the most requests in system)")
     parser.add_argument("--reference-configs", type=int, default=32,
                         help="configurations the reference runs (a subset of jaxq's)")

@@ -248,21 +248,22 @@ def test_determinism_and_batch_independence():
 
 
 def test_results_do_not_depend_on_lanes():
-    # 3 configurations x 2 replicas = 6 runs, stepped 6, 4 or 1 at a time; with 3 loop steps per
-    # call the runs that finish hand their lanes on many times.
+    # 3 configurations x 2 replicas = 6 runs, stepped 6, 2 (by 1 or 3 threads) or 1 at a time;
+    # with 3 loop steps per call the runs that finish hand their lanes on many times.
     workload = jaxq.llm.WORKLOADS["azure-conversation"](rate=6.0, max_tokens=3000)
     system = LLMSystem(jaxq.SPRPT(), jaxq.LognormalNoise(1.0),
                        kv_capacity=jnp.array([4_000, 8_000, 12_000]), iter_base=0.01,
                        iter_per_prefill_token=2e-5, iter_per_decode_seq=1e-4,
                        iter_per_kv_token=1e-7, prefix_cache=True)
     results = [simulate(system, workload, requests=60, replicas=2, slots=60, lanes=lanes,
-                        steps_per_call=3) for lanes in (6, 4, 1)]
+                        workers=workers, steps_per_call=3)
+               for lanes, workers in ((6, 1), (2, 1), (2, 3), (1, 2))]
     for other in results[1:]:
         for name in ("ttft", "latency", "request_preemptions", "iterations", "boundaries",
                      "preemptions", "prefix_hit_tokens"):
             np.testing.assert_array_equal(getattr(other, name), getattr(results[0], name))
     assert np.all(results[0].preemptions[:1] > 0)
-    for option in ("lanes", "steps_per_call"):
+    for option in ("lanes", "workers", "steps_per_call"):
         with pytest.raises(ValueError, match=f"^{option} must be an integer >= 1"):
             simulate(system, workload, requests=60, **{option: 0})
 

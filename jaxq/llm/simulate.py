@@ -10,8 +10,11 @@ Configurations with equal seeds see the same requests and prediction noise.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import math
+import os
+import threading
 import time
 import warnings
 from functools import partial
@@ -200,7 +203,8 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
              replicas: int = 1, slots: int | None = None, warmup: int | None = None,
              ttft_slo: float = math.inf, tpot_slo: float = math.inf, key=0,
              on_overflow: str = "raise", steps_per_call: int = 256, max_iterations=None,
-             lanes: int | None = None, progress=None) -> LLMResult:
+             lanes: int | None = None, workers: int | None = None,
+             progress=None) -> LLMResult:
     """Simulate every configuration of `system` (times `replicas`) on the workload.
 
     workload: a synthetic `LLMWorkload` (then `requests` per replica is required) or a `Trace`
@@ -214,7 +218,8 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     one vmapped call; when one finishes, the next waiting run takes its place between calls, so
     a few long runs do not keep the others' lanes idle (default: all of them on an accelerator,
     where a step costs about the same for any number; at most 8 on a CPU, where it costs in
-    proportion, about 20 us per lane with 128 slots). Results do not depend on it.
+    proportion, about 20 us per lane with 128 slots). workers: threads that each step such a
+    window (default: one per core on a CPU, one on an accelerator). Results depend on neither.
     """
     start = time.perf_counter()
     if not isinstance(system, LLMSystem):
@@ -224,8 +229,9 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
         check_range(name, slo, low=0.0, low_open=True, allow_inf=True)
     _check_count("replicas", replicas, 1)
     _check_count("steps_per_call", steps_per_call, 1)
-    if lanes is not None:
-        _check_count("lanes", lanes, 1)
+    for name, value in (("lanes", lanes), ("workers", workers)):
+        if value is not None:
+            _check_count(name, value, 1)
     is_trace = isinstance(workload, Trace)
     if is_trace:
         if requests is not None:
@@ -262,7 +268,7 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     lanes = _default_lanes(runs) if lanes is None else lanes
     inputs = (per.params(), per.policy, per.predictor, reqs, refine_keys)
     state = _run_all(spec, inputs, _init(spec, reqs), n, min(lanes, runs), steps_per_call,
-                     limit, progress)
+                     limit, progress, _default_workers() if workers is None else workers)
     result = _summarise(per, state, reqs, shape, replicas, warmup, ttft_slo, tpot_slo,
                         time.perf_counter() - start)
     _report_problems(result, slots, on_overflow)
@@ -270,32 +276,79 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
 
 
 def _default_lanes(runs: int) -> int:
-    # On a CPU fewer lanes waste less on finished runs; below 8 the fixed cost of a step shows
-    # (scripts/bench_llm.py: 8 lanes 8.0 s, 4 lanes 8.7 s, 16 lanes 9.3 s, all 256 lanes 34 s).
+    # On a CPU a step costs in proportion to its lanes, so fewer lanes waste less on finished
+    # runs, until the fixed cost of a step shows. scripts/bench_llm.py (256 runs): 128 slots, one
+    # worker: 4 lanes 8.7 s, 8 lanes 8.0 s, 16 lanes 9.3 s, all 256 in one window 34 s; 48 slots,
+    # two workers: 4 lanes 2.1-2.2 s, 8 lanes 2.2-2.3 s, 16 lanes 2.8 s.
     return runs if jax.default_backend() != "cpu" else min(runs, 8)
 
 
-def _run_all(spec, inputs, state, n, lanes, steps_per_call, limit, progress) -> EngineState:
-    """Every run to its end (all N requests finished, or `limit` iterations), `lanes` runs at a
-    time: after each compiled call of `steps_per_call` loop steps, the runs that stopped give
-    their lanes to runs that have not started. `inputs` and `state` have the runs on axis 0."""
+def _default_workers() -> int:
+    """One worker per core on a CPU (a compiled call runs on the thread that made it, which
+    releases the GIL meanwhile); one on an accelerator, which runs a window's lanes in parallel
+    on its own."""
+    if jax.default_backend() != "cpu":
+        return 1
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _run_all(spec, inputs, state, n, lanes, steps_per_call, limit, progress,
+             workers) -> EngineState:
+    """Every run to its end (all N requests finished, or `limit` iterations). Each of `workers`
+    threads steps a window of `lanes` runs; after each compiled call of `steps_per_call` loop
+    steps, the runs that stopped give their lanes to runs that have not started. `inputs` and
+    `state` have the runs on axis 0."""
     runs = state.totals.finished.shape[0]
+    workers = max(1, min(workers, runs // lanes))
     steps, limit = jnp.asarray(steps_per_call, jnp.int32), jnp.asarray(limit, jnp.int32)
-    lane_run = np.arange(lanes)  # the run in each lane
-    waiting = list(range(lanes, runs))[::-1]  # runs not started, next last
-    while True:
-        window = _advance(spec, *_take(inputs, lane_run), _take(state, lane_run), steps, limit)
-        state = _put(state, lane_run, window)
-        stopped = np.array((window.totals.finished >= n) | (window.totals.iterations >= limit))
-        for lane in np.flatnonzero(stopped):
+    waiting = list(range(runs))[::-1]  # runs not started, next last
+    owner = np.zeros(runs, np.int32)  # the worker that ran each run
+    finished = [0] * workers  # requests finished, per worker
+    lock = threading.Lock()
+
+    def start(worker):
+        with lock:
             if not waiting:
-                break
-            lane_run[lane] = waiting.pop()
-            stopped[lane] = False
-        if progress is not None:
-            progress(int(jnp.sum(state.totals.finished)), runs * n)
-        if stopped.all():
-            return state
+                return None
+            run = waiting.pop()
+            owner[run] = worker
+            return run
+
+    def work(worker):
+        lane_run = np.array([start(worker) for _ in range(lanes)])
+        # A copy of its own: _put donates it, and only this worker's runs change in it.
+        pool = jax.tree_util.tree_map(jnp.copy, state)
+        while True:
+            window = _advance(spec, *_take(inputs, lane_run), _take(pool, lane_run), steps,
+                              limit)
+            pool = _put(pool, lane_run, window)
+            stopped = np.array((window.totals.finished >= n)
+                               | (window.totals.iterations >= limit))
+            for lane in np.flatnonzero(stopped):
+                run = start(worker)
+                if run is None:
+                    break
+                lane_run[lane], stopped[lane] = run, False
+            if progress is not None:
+                with lock:
+                    finished[worker] = int(jnp.sum(pool.totals.finished))
+                    progress(sum(finished), runs * n)
+            if stopped.all():
+                return pool
+
+    if workers == 1:
+        return work(0)
+    # jax.enable_x64 is a per-thread setting: the workers trace as the caller does.
+    x64 = jax.config.jax_enable_x64
+
+    def work_as_caller(worker):
+        with jax.enable_x64(x64):
+            return work(worker)
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as executor:
+        pools = list(executor.map(work_as_caller, range(workers)))
+    rows = jnp.arange(runs)
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[owner, rows], *pools)
 
 
 @jax.jit
