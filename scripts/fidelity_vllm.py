@@ -1,6 +1,6 @@
 """Replay the measured vLLM run in ../shared/data/vllm-rtx4090-llama3.1-8b through the LLM engine
-with presets only (rtx-4090, llama-3.1-8b roofline; the run's engine limits; fcfs; recompute) and
-compare mean TTFT, TPOT and end-to-end latency with what vLLM measured.
+with presets only (rtx-4090, llama-3.1-8b roofline; the run's engine limits and prefix caching;
+fcfs; recompute) and compare mean TTFT, TPOT and end-to-end latency with what vLLM measured.
 
     python scripts/fidelity_vllm.py [--data DIR] [--json]
 
