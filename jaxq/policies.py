@@ -256,6 +256,13 @@ class Aging(Policy):
         return self.base.shares()
 
 
+def without_aging(policy: Policy) -> Policy:
+    """The policy under any aging terms: what decides which features a rank reads."""
+    while isinstance(policy, Aging):
+        policy = policy.base
+    return policy
+
+
 class OneBit(Policy):
     """One bit of advice: a job is short iff y < threshold.
 

@@ -140,9 +140,8 @@ def _validate(system, *, jobs, replicas, warmup, capacity, chunk, histogram_bins
 
 def _check_queue_policy(policy):
     """Refuse what only the LLM engine can rank (request features the queue does not have)."""
-    from jaxq.policies import Aging, Linear, POLICIES
-    while isinstance(policy, Aging):
-        policy = policy.base
+    from jaxq.policies import Linear, POLICIES, without_aging
+    policy = without_aging(policy)
     if policy.name not in POLICIES:
         raise ValueError(f"policy {policy.name!r} needs LLM request features; the queue engine "
                          f"takes: {', '.join(POLICIES)}")

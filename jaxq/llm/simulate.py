@@ -28,7 +28,7 @@ from jaxq._checks import check_choice, check_nonnegative, check_range
 from jaxq.llm.engine import (ADMISSION_MODES, PREEMPTION_MODES, EngineParams, EngineSpec,
                              EngineState, Requests, init_state, run)
 from jaxq.llm.workloads import LLMWorkload, Trace
-from jaxq.policies import FCFS, Aging, LLM_POLICIES, Policy
+from jaxq.policies import FCFS, LLM_POLICIES, Policy, without_aging
 from jaxq.predictors import Perfect, Predictor
 from jaxq.simulate import CapacityError, _as_key, _replica_keys
 
@@ -103,9 +103,7 @@ class LLMSystem(eqx.Module):
             raise ValueError("kv_capacity must hold at least one block (>= block_size tokens)")
         for name in _FLOAT_FIELDS + ("kv_bytes_per_token",):
             check_nonnegative(name, getattr(self, name))
-        base = self.policy
-        while isinstance(base, Aging):
-            base = base.base
+        base = without_aging(self.policy)
         if base.name not in LLM_POLICIES:
             raise ValueError(f"unknown policy {base.name!r}; valid: {', '.join(LLM_POLICIES)}")
 
