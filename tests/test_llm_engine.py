@@ -11,6 +11,7 @@ import pytest
 
 import jaxq
 from jaxq.llm.simulate import LLMSystem, simulate
+from jaxq.simulate import CapacityError
 from jaxq.llm.workloads import Trace
 from jaxq.policies import Aging
 from llm_reference import ReferenceConfig, run_reference
@@ -266,6 +267,30 @@ def test_results_do_not_depend_on_lanes():
     for option in ("lanes", "workers", "steps_per_call"):
         with pytest.raises(ValueError, match=f"^{option} must be an integer >= 1"):
             simulate(system, workload, requests=60, **{option: 0})
+
+
+def test_iteration_limit_stops_each_run_exactly_there():
+    # A run at its iteration limit stops wherever it is in a window, and a stopped run's lane is
+    # stepped as a no-op, so the results do not depend on lanes or on steps per call.
+    workload = jaxq.llm.WORKLOADS["azure-conversation"](rate=6.0, max_tokens=3000)
+    system = LLMSystem(jaxq.SPRPT(), jaxq.LognormalNoise(1.0), kv_capacity=8_000,
+                       iter_base=0.01, iter_per_prefill_token=2e-5, iter_per_decode_seq=1e-4,
+                       iter_per_kv_token=1e-7, seed=jnp.arange(4))
+    limit = 2_000
+    results = [simulate(system, workload, requests=40, slots=40, lanes=lanes, workers=1,
+                        steps_per_call=steps, max_iterations=limit, on_overflow="ignore")
+               for lanes, steps in ((4, 256), (1, 5), (3, 1))]
+    full = simulate(system, workload, requests=40, slots=40)
+    stopped = results[0].unfinished > 0
+    assert np.any(stopped) and not np.all(stopped)
+    np.testing.assert_array_equal(results[0].iterations[stopped], limit)
+    assert np.all(full.iterations[stopped] > limit)
+    np.testing.assert_array_equal(results[0].iterations[~stopped], full.iterations[~stopped])
+    for other in results[1:]:
+        for name in ("ttft", "latency", "iterations", "boundaries", "unfinished"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(results[0], name))
+    with pytest.raises(CapacityError, match="raise max_iterations"):
+        simulate(system, workload, requests=40, slots=40, max_iterations=limit)
 
 
 def test_queue_engine_refuses_request_features():

@@ -14,7 +14,7 @@ Times are kept relative (a request's age, the time until the next arrival), neve
 clock, so float32 keeps its precision over long runs.
 
 The batch is formed in the policy's order with prefix sums (see the README): order the slots by
-(class, primary rank, tie-break) with a sorting network, then every constraint (token budget,
+(class, primary rank, tie-break) (jaxq/_sorting), then every constraint (token budget,
 sequences, KV blocks, admission reserve) is a cumulative sum compared with its limit, and the
 batch is the run of positions from the front that satisfy all of them.
 """
@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxq._bitonic import sorted_ids
+from jaxq._sorting import sorted_ids
 from jaxq.policies import JobView, Policy
 from jaxq.predictors import Predictor
 
@@ -153,15 +153,16 @@ def init_state(spec: EngineSpec, requests: Requests) -> EngineState:
 
 
 def done(state: EngineState, requests: Requests) -> jax.Array:
-    return state.totals.finished >= requests.gap.shape[0]
+    return state.totals.finished >= requests.gap.shape[-1]
 
 
 def _blocks(tokens, block_size):
     return (tokens + block_size - 1) // block_size
 
 
-def _admit(spec, requests, state, age, until_next):
-    """Move every request that has arrived by now (until_next <= 0) into a free slot."""
+def _admit(spec, requests, state, age, until_next, live):
+    """Move every request that has arrived by now (until_next <= 0) into a free slot (none when
+    the run is not live)."""
     k, n = spec.slots, requests.gap.shape[0]
     s = state.slots
     # Relative arrival times of the next K + 1 requests: rel[r] for request next_arrival + r.
@@ -169,7 +170,7 @@ def _admit(spec, requests, state, age, until_next):
     later_gaps = lax.dynamic_slice(padded, (state.next_arrival + 1,), (k,))
     rel = until_next + jnp.concatenate([jnp.zeros((1,), age.dtype), jnp.cumsum(later_gaps)])
     offsets = jnp.arange(k + 1)
-    arrived = (rel <= 0) & (state.next_arrival + offsets < n)
+    arrived = (rel <= 0) & (state.next_arrival + offsets < n) & live
     n_arrived = jnp.sum(arrived[:k])
     free = ~s.active
     free_rank = jnp.cumsum(free) - 1
@@ -207,8 +208,7 @@ def _order(policy: Policy, s: Slots) -> jax.Array:
     klass = jnp.where(s.active, jnp.where(s.resident & rank.locked, 0, 1), 2).astype(jnp.int32)
     primary = jnp.where(s.active, rank.primary, 0.0)
     # Unique keys (the tie-break is an arrival index, or a slot id for empty slots), so the order
-    # is the one sorted order. A sorting network, not lax.sort, which is 2.6x slower on CPU with
-    # several keys; nor K^2 pairwise comparisons, 1.6x slower again.
+    # is the one sorted order. Not lax.sort: on CPU it is 9x slower at 48 slots (jaxq/_sorting).
     tiebreak = jnp.where(s.active, rank.tiebreak, ids).astype(jnp.int32)
     return sorted_ids((klass, primary, tiebreak))
 
@@ -222,8 +222,9 @@ class Batch(NamedTuple):
     swapped_out: jax.Array  # bool, evicted to host memory (swap mode, host room left)
 
 
-def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks) -> Batch:
-    """The README's batch rule, evaluated with prefix sums in the scheduling order."""
+def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks, live) -> Batch:
+    """The README's batch rule, evaluated with prefix sums in the scheduling order (an empty
+    batch, and no preemption, when the run is not live)."""
     b = p.block_size
     cap = p.kv_capacity // b
     o = lambda x: x[order]  # noqa: E731  (a slot field in scheduling order)
@@ -241,7 +242,7 @@ def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks)
     kv_ok = (d + h <= cap) & (resident | (d - new_blocks + _blocks(prompt + g, b) + h <= cap))
     budget_ok = q >= 1
     seqs_ok = position <= p.max_seqs
-    ok = active & kv_ok & budget_ok & seqs_ok
+    ok = active & kv_ok & budget_ok & seqs_ok & live
     if spec.admission != "optimistic":
         if spec.admission == "reserve-max":
             expected = jnp.broadcast_to(p.max_output, g.shape)
@@ -256,7 +257,7 @@ def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks)
     cannot_grow = jnp.any(first_failure & active & resident & budget_ok & seqs_ok & ~kv_ok)
     d_batch = jnp.sum(jnp.where(scheduled, new_blocks, 0))
     kept = resident & ~scheduled & (d_batch + h <= cap) & ~cannot_grow
-    evicted = resident & ~scheduled & ~kept
+    evicted = resident & ~scheduled & ~kept & live
     if spec.preemption == "swap":
         host_free = p.host_capacity // b - host_blocks
         swapped_out = evicted & (jnp.cumsum(jnp.where(evicted, _blocks(n, b), 0)) <= host_free)
@@ -337,22 +338,24 @@ def _take_and_pop(queue: FreeQueue, taken, popped) -> FreeQueue:
 
 
 def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
-         requests: Requests, key: jax.Array, state: EngineState) -> EngineState:
-    """One boundary and the iteration that follows it (a no-op once every request has left)."""
+         requests: Requests, key: jax.Array, state: EngineState, live=True) -> EngineState:
+    """One boundary and the iteration that follows it: a no-op once every request has left, or
+    when `live` (a bool) is False."""
     n_requests = requests.gap.shape[0]
     s, t = state.slots, state.totals
-    idle = ~jnp.any(s.active) & (state.next_arrival < n_requests)
+    idle = ~jnp.any(s.active) & (state.next_arrival < n_requests) & live
     # An empty engine jumps to the next arrival, unless that request arrived during the
     # iteration that emptied the engine (until_next < 0): then it starts at this boundary.
     jump = jnp.where(idle, jnp.maximum(state.until_next, 0.0), 0.0)
     s, next_arrival, until_next, overflow = _admit(spec, requests, state, s.age + jump,
-                                                   state.until_next - jump)
+                                                   state.until_next - jump, live)
     order = _order(policy, s)
     b = p.block_size
     # A request with blocks in the prefix cache counts as holding them (README).
     hit = (_cached_blocks(state.free_queue, spec.slots) if spec.prefix_cache
            else jnp.zeros_like(s.kv))
-    batch = _form_batch(spec, p, s._replace(kv=s.kv + hit * b), order, state.host_blocks)
+    batch = _form_batch(spec, p, s._replace(kv=s.kv + hit * b), order, state.host_blocks,
+                        live)
 
     n, g = s.kv + hit * b, s.generated
     u = s.prompt + g - n
@@ -363,7 +366,7 @@ def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor
     decode_seqs = jnp.sum(decoding)
     kv_attended = jnp.sum(jnp.where(batch.scheduled, n + batch.tokens, 0))
     swapped = jnp.sum(jnp.where(swap_in | batch.swapped_out, n, 0))
-    busy = jnp.any(s.active)
+    busy = jnp.any(s.active) & live
     dt = (p.iter_base + p.iter_per_prefill_token * prefill_tokens.astype(f)
           + p.iter_per_decode_seq * decode_seqs.astype(f)
           + p.iter_per_kv_token * kv_attended.astype(f) + p.swap_per_token * swapped.astype(f))
@@ -433,10 +436,10 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     sequences, token budget and KV blocks), the batch rule schedules all of them whatever their
     order, so the next iterations are known in closed form until an event: the next arrival's
     boundary, the first request to finish, a refinement, or the KV blocks running short. In
-    scripts/bench_llm.py a configuration computes 2,026 boundaries in full (the ordering and the
-    prefix sums) for 9,094 iterations, the rest being such runs. Returns the state after
-    m such iterations and m (0 when the boundary now is not of this kind). Times are summed in
-    closed form, so they differ from iteration-by-iteration sums by rounding only.
+    scripts/bench_llm.py a configuration computes 1,095 boundaries in full (the ordering and the
+    prefix sums) for 11,121 iterations on average, the rest being such runs. Returns the state
+    after m such iterations and m (0 when the boundary now is not of this kind). Times are summed
+    in closed form, so they differ from iteration-by-iteration sums by rounding only.
     """
     n_requests = requests.gap.shape[0]
     s, t = state.slots, state.totals
@@ -512,18 +515,30 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
 def run(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
         requests: Requests, key: jax.Array, state: EngineState, max_steps,
         max_iterations) -> EngineState:
-    """Up to `max_steps` loop steps, each one full boundary (`step`) and the run of pure-decode
-    iterations that may follow it (`_decode_run`); stops early once every request has left or
-    the run has made `max_iterations` iterations in all."""
+    """A batch of runs (every argument but spec and the two limits with a leading axis (B,)),
+    each up to `max_steps` loop steps: one full boundary (`step`) and the run of pure-decode
+    iterations that may follow it (`_decode_run`). A run stops early once every request has left
+    or it has made `max_iterations` iterations in all; the loop ends when every run has stopped.
+
+    The loop is over the batch, not vmapped per run: under vmap, a while loop whose condition
+    differs between runs selects every state field between old and new at every step, which
+    took two thirds of the step's time on a CPU. Instead a run that has stopped is stepped with
+    live=False, a no-op."""
+    def live(st):
+        return ~done(st, requests) & (st.totals.iterations < max_iterations)
+
+    def one(p, policy, predictor, requests, key, st, live):
+        st = step(spec, p, policy, predictor, requests, key, st, live)
+        st, _ = _decode_run(spec, p, predictor, requests, key, st,
+                            max_iterations - st.totals.iterations)
+        return st
+
     def cond(carry):
         i, st = carry
-        return (i < max_steps) & ~done(st, requests) & (st.totals.iterations < max_iterations)
+        return (i < max_steps) & jnp.any(live(st))
 
     def body(carry):
         i, st = carry
-        st = step(spec, p, policy, predictor, requests, key, st)
-        st, _ = _decode_run(spec, p, predictor, requests, key, st,
-                            max_iterations - st.totals.iterations)
-        return i + 1, st
+        return i + 1, jax.vmap(one)(p, policy, predictor, requests, key, st, live(st))
 
     return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]

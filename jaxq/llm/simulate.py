@@ -216,8 +216,9 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     one vmapped call; when one finishes, the next waiting run takes its place between calls, so
     a few long runs do not keep the others' lanes idle (default: all of them on an accelerator,
     where a step costs about the same for any number; at most 8 on a CPU, where it costs in
-    proportion, about 20 us per lane with 128 slots). workers: threads that each step such a
-    window (default: one per core on a CPU, one on an accelerator). Results depend on neither.
+    proportion: about 3 us per lane with 48 slots, 7 us with 128). workers: threads that each
+    step such a window (default: one per core on a CPU, one on an accelerator). Results depend
+    on neither.
     """
     start = time.perf_counter()
     if not isinstance(system, LLMSystem):
@@ -275,9 +276,9 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
 
 def _default_lanes(runs: int) -> int:
     # On a CPU a step costs in proportion to its lanes, so fewer lanes waste less on finished
-    # runs, until the fixed cost of a step shows. scripts/bench_llm.py (256 runs): 128 slots, one
-    # worker: 4 lanes 8.7 s, 8 lanes 8.0 s, 16 lanes 9.3 s, all 256 in one window 34 s; 48 slots,
-    # two workers: 4 lanes 2.1-2.2 s, 8 lanes 2.2-2.3 s, 16 lanes 2.8 s.
+    # runs, until the fixed cost of a step shows. scripts/bench_llm.py (256 runs, 48 slots): one
+    # worker: 2 lanes 2.4 s, 4 lanes 1.6 s, 8 lanes 1.4 s, 16 lanes 1.4 s, 32 lanes 1.7 s; two
+    # workers: 4 lanes 1.06 s, 8 lanes 0.99 s, 16 lanes 1.05 s, 32 lanes 1.39 s.
     return runs if jax.default_backend() != "cpu" else min(runs, 8)
 
 
@@ -426,9 +427,7 @@ def _init(spec, reqs):
 
 @partial(jax.jit, static_argnums=0, donate_argnums=6)
 def _advance(spec, params, policy, predictor, reqs, keys, state, steps, max_iterations):
-    return jax.vmap(lambda p, pol, pr, r, k, s: run(spec, p, pol, pr, r, k, s, steps,
-                                                    max_iterations))(
-        params, policy, predictor, reqs, keys, state)
+    return run(spec, params, policy, predictor, reqs, keys, state, steps, max_iterations)
 
 
 def _quantiles(x, axis):
