@@ -1,4 +1,5 @@
-"""The `jaxq` command line: `jaxq demo`, `jaxq queue ...`, `jaxq theory ...`, `jaxq llm ...`.
+"""The `jaxq` command line: `jaxq demo`, `jaxq queue ...`, `jaxq theory ...`, `jaxq llm ...`,
+`jaxq sweep queue|llm ...`, `jaxq run FILE.toml`, `jaxq plot DIR`.
 
 Options map one to one onto the Python API (jaxq.System and jaxq.simulate); `--json` prints one
 JSON object whose keys are the Result's field names.
@@ -148,28 +149,51 @@ def _parameters(args) -> dict:
     return out
 
 
-def cmd_queue(args) -> dict:
+# --json key: Result field. `measured_jobs` (over all replicas) is not --jobs (per replica).
+QUEUE_METRICS = {"mean_response_time": "mean_response_time", "stderr": "stderr",
+                 "mean_slowdown": "mean_slowdown", "p50": "p50", "p90": "p90", "p99": "p99",
+                 "utilisation": "utilisation", "mean_number_in_system": "mean_number_in_system",
+                 "measured_jobs": "jobs", "overflow": "overflow",
+                 "max_in_system": "max_in_system", "unfinished": "unfinished"}
+
+
+def build_system(args):
+    """The jaxq.System of one configuration from parsed options (--seed is its seed)."""
     import jaxq
 
     service, predictor, policy, arrivals = build_model(args)
-    system = jaxq.System(args.load, service, predictor, policy, arrivals)
+    return jaxq.System(args.load, service, predictor, policy, arrivals, seed=args.seed)
+
+
+def simulate_options(args) -> dict:
+    """The keyword arguments of jaxq.simulate that the options set (all static)."""
+    return dict(jobs=args.jobs, replicas=args.replicas, warmup=args.warmup,
+                capacity=args.capacity, finite_horizon=args.finite_horizon)
+
+
+def queue_metrics(result, index=()) -> dict:
+    """The --json metrics of one configuration of a Result."""
+    out = {key: np.asarray(getattr(result, field))[index].item()
+           for key, field in QUEUE_METRICS.items()}
+    out["bucket_edges"] = result.bucket_edges.tolist()
+    for name in ("bucket_mean_response_time", "bucket_jobs"):
+        out[name] = np.asarray(getattr(result, name))[index].tolist()
+    return out
+
+
+def cmd_queue(args) -> dict:
+    import jaxq
+
+    system = build_system(args)
     progress = None
     if not args.json and sys.stderr.isatty():
         def progress(done, needed):
             print(f"\rchunk {done} (at least {needed})", end="", file=sys.stderr, flush=True)
-    r = jaxq.simulate(system, jobs=args.jobs, replicas=args.replicas, warmup=args.warmup,
-                      key=args.seed, capacity=args.capacity, finite_horizon=args.finite_horizon,
-                      progress=progress)
+    r = jaxq.simulate(system, **simulate_options(args), key=0, progress=progress)
     if progress:
         print(file=sys.stderr)
     out = _parameters(args)
-    for name in ("mean_response_time", "stderr", "mean_slowdown", "p50", "p90", "p99",
-                 "utilisation", "mean_number_in_system", "jobs", "overflow", "max_in_system",
-                 "unfinished"):
-        out[name] = np.asarray(getattr(r, name)).item()
-    out["bucket_edges"] = r.bucket_edges.tolist()
-    out["bucket_mean_response_time"] = np.asarray(r.bucket_mean_response_time).tolist()
-    out["bucket_jobs"] = np.asarray(r.bucket_jobs).tolist()
+    out.update(queue_metrics(r))
     out.update(replicas=args.replicas, seed=args.seed, quantile_resolution=r.quantile_resolution,
                seconds=r.seconds)
     return out
@@ -211,15 +235,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("queue", help="simulate one M/G/1 configuration with replicas")
-    _add_model_options(q)
-    g = q.add_argument_group("run")
-    g.add_argument("--jobs", type=int, default=20000, help="measured jobs per replica")
-    g.add_argument("--replicas", type=int, default=8, help="independent replicas (vmapped)")
-    g.add_argument("--warmup", type=int, default=None, help="jobs discarded first (default jobs/10)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--capacity", type=int, default=256, help="job slots per replica")
-    g.add_argument("--finite-horizon", action="store_true",
-                   help="stop arrivals after the last measured job and drain (allows load >= 1)")
+    add_queue_options(q)
 
     t = sub.add_parser("theory", help="exact mean response time (M/G/1, Poisson arrivals)")
     _add_model_options(t)
@@ -228,12 +244,30 @@ def parser() -> argparse.ArgumentParser:
 
     add_llm_parser(sub)
 
+    from jaxq.sweep.cli import add_sweep_parsers
+
+    add_sweep_parsers(sub)
+
     d = sub.add_parser("demo", help="sweep every policy over loads and print sim vs theory")
     d.add_argument("--jobs", type=int, default=20000)
     d.add_argument("--replicas", type=int, default=8)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", action="store_true")
     return p
+
+
+def add_queue_options(q: argparse.ArgumentParser):
+    """The options of `jaxq queue` (and of `jaxq sweep queue`)."""
+    _add_model_options(q)
+    g = q.add_argument_group("run")
+    g.add_argument("--jobs", type=int, default=20000, help="measured jobs per replica")
+    g.add_argument("--replicas", type=int, default=8, help="independent replicas (vmapped)")
+    g.add_argument("--warmup", type=int, default=None, help="jobs discarded first (default jobs/10)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="the configuration's seed: equal seeds see the same jobs")
+    g.add_argument("--capacity", type=int, default=256, help="job slots per replica")
+    g.add_argument("--finite-horizon", action="store_true",
+                   help="stop arrivals after the last measured job and drain (allows load >= 1)")
 
 
 def _use_all_cores():
@@ -255,9 +289,10 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     _use_all_cores()
     from jaxq.llm.cli import cmd_llm
+    from jaxq.sweep.cli import cmd_plot, cmd_run, cmd_sweep
 
-    command = {"queue": cmd_queue, "theory": cmd_theory, "demo": cmd_demo,
-               "llm": cmd_llm}[args.command]
+    command = {"queue": cmd_queue, "theory": cmd_theory, "demo": cmd_demo, "llm": cmd_llm,
+               "sweep": cmd_sweep, "run": cmd_run, "plot": cmd_plot}[args.command]
     from jaxq import CapacityError
 
     try:

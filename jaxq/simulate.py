@@ -93,21 +93,29 @@ def simulate(system: System, *, jobs: int, replicas: int = 8, warmup: int | None
     keys = _replica_keys(_as_key(key), flat.seed, replicas)
     state = jax.tree_util.tree_map(
         lambda leaf: jnp.broadcast_to(leaf, (batch, replicas) + leaf.shape), init_state(spec))
-    mesh = _config_mesh(batch)
+    mesh = _config_mesh()
+    padded = flat, keys, state
     if mesh is not None:
+        # Every device gets as many configurations: copies of the last one fill the batch up,
+        # and their results are dropped.
+        extra = -batch % mesh.size
+        padded = jax.tree_util.tree_map(
+            lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)]), padded)
         sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("config"))
-        flat, keys, state = jax.device_put((flat, keys, state), sharding)
+        padded = jax.device_put(padded, sharding)
+    run_flat, keys, state = padded
 
     needed = -(-(warmup + jobs) // chunk)
     limit = max_chunks if max_chunks is not None else max(20 * needed, needed + 200)
     done_chunks = 0
     while done_chunks < limit:
-        state = _advance(spec, mesh, flat, keys, state, jnp.asarray(done_chunks, jnp.int32))
+        state = _advance(spec, mesh, run_flat, keys, state, jnp.asarray(done_chunks, jnp.int32))
         done_chunks += 1
         if progress is not None:
             progress(done_chunks, needed)
         if done_chunks >= needed and bool(jnp.all(state.finished >= jobs)):
             break
+    state = jax.tree_util.tree_map(lambda x: x[:batch], state)
     result = _summarise(spec, flat, state, shape, replicas, time.perf_counter() - start,
                         done_chunks)
     _report_problems(result, capacity, on_overflow)
@@ -150,10 +158,12 @@ def _check_queue_policy(policy):
                          "prompt or KV memory)")
 
 
-def _config_mesh(batch: int) -> jax.sharding.Mesh | None:
-    """A 1-d mesh over all visible devices for the configuration axis, if it divides evenly."""
-    devices = jax.devices()
-    if len(devices) == 1 or batch % len(devices):
+def _config_mesh() -> jax.sharding.Mesh | None:
+    """A 1-d mesh over this process's devices for the configuration axis (None with one). In a
+    multi-process run (jax.distributed) each process simulates its own configurations on its
+    own devices: configurations never need each other's state."""
+    devices = jax.local_devices()
+    if len(devices) == 1:
         return None
     return jax.sharding.Mesh(np.array(devices), ("config",))
 

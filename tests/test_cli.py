@@ -24,7 +24,7 @@ def test_queue_json(capsys):
                        "--replicas", "4", "--seed", "3", "--json")
     assert code == 0
     r = json.loads(out)
-    assert r["jobs"] == 8000 and r["overflow"] == 0
+    assert r["measured_jobs"] == 8000 and r["overflow"] == 0
     assert r["policy"] == "sprpt" and r["load"] == 0.5
     assert 1.0 < r["mean_response_time"] < 2.5 and r["stderr"] > 0
     assert r["p50"] < r["p90"] < r["p99"]

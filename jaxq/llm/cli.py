@@ -29,10 +29,17 @@ _COST_OPTIONS = ("iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
 
 
 def add_llm_parser(sub):
+    p = sub.add_parser("llm", help="simulate an LLM inference engine on a trace or workload")
+    add_llm_options(p)
+    p.add_argument("--per-request", metavar="OUT.csv",
+                   help="write arrival_time,first_token_time,finish_time,preemptions per request")
+
+
+def add_llm_options(p):
+    """The options of `jaxq llm` (and of `jaxq sweep llm`), --per-request aside."""
     from jaxq.llm.engine import ADMISSION_MODES, PREEMPTION_MODES
     from jaxq.llm.workloads import WORKLOADS
 
-    p = sub.add_parser("llm", help="simulate an LLM inference engine on a trace or workload")
     w = p.add_argument_group("requests (a trace, or a synthetic workload)")
     w.add_argument("--trace", help="CSV (arrival_time,prompt_tokens,output_tokens"
                                    "[,predicted_output_tokens]) or vLLM benchmark JSONL")
@@ -41,8 +48,6 @@ def add_llm_parser(sub):
     w.add_argument("--requests", type=int, default=2000, help="requests per replica (workload)")
     w.add_argument("--max-model-len", type=int, default=None,
                    help="workload: context limit; prompts and outputs are cut so P + O <= it")
-    w.add_argument("--per-request", metavar="OUT.csv",
-                   help="write arrival_time,first_token_time,finish_time,preemptions per request")
     s = p.add_argument_group("scheduler")
     s.add_argument("--policy", default="fcfs", help=f"one of: {', '.join(LLM_POLICY_NAMES)}")
     s.add_argument("--c", type=float, default=0.5, help="sprpt-limited: c in [0, 1]")
@@ -82,7 +87,8 @@ def add_llm_parser(sub):
     c.add_argument("--tensor-parallel", type=int, default=1)
     r = p.add_argument_group("run")
     r.add_argument("--replicas", type=int, default=1)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=int, default=0,
+                   help="the configuration's seed: equal seeds see the same requests")
     r.add_argument("--slots", type=int, default=None,
                    help="requests the engine can hold (default: the trace's count, or 1024)")
     r.add_argument("--warmup", type=int, default=None,
@@ -139,9 +145,7 @@ def cmd_llm(args) -> dict:
     if not args.json and sys.stderr.isatty():
         def progress(done, total):
             print(f"\rrequests finished {done}/{total}", end="", file=sys.stderr, flush=True)
-    result = simulate(system, workload, requests=None if is_trace else args.requests,
-                      replicas=args.replicas, slots=args.slots, warmup=args.warmup,
-                      ttft_slo=args.ttft_slo, tpot_slo=args.tpot_slo, key=args.seed,
+    result = simulate(system, workload, **simulate_options(args, is_trace), key=0,
                       progress=progress)
     if progress:
         print(file=sys.stderr)
@@ -149,14 +153,26 @@ def cmd_llm(args) -> dict:
         # A trace's own float64 times, not the engine's float32 gaps added up again.
         arrival = workload.arrival_time if is_trace else result.arrival_time[0]
         _write_per_request(args.per_request, result, arrival)
-    metrics = result.to_dict()
     out = {"policy": args.policy, "predictor": args.predictor, "preemption": args.preemption,
            "admission": args.admission, "prefix_cache": args.prefix_cache,
            "kv_capacity": int(system.kv_capacity),
            **{name: float(getattr(system, name)) for name in _COST_OPTIONS}}
-    out.update({k: metrics[k] for k in JSON_KEYS})
+    out.update(llm_metrics(result))
     out.update(replicas=args.replicas, seed=args.seed, seconds=result.seconds)
     return out
+
+
+def simulate_options(args, is_trace: bool) -> dict:
+    """The keyword arguments of jaxq.llm.simulate that the options set (all static)."""
+    return dict(requests=None if is_trace else args.requests, replicas=args.replicas,
+                slots=args.slots, warmup=args.warmup, ttft_slo=args.ttft_slo,
+                tpot_slo=args.tpot_slo)
+
+
+def llm_metrics(result, index=()) -> dict:
+    """The --json metrics of one configuration of an LLMResult."""
+    metrics = result.to_dict(index)
+    return {k: metrics[k] for k in JSON_KEYS}
 
 
 def _write_per_request(path, result, arrival):

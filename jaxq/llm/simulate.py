@@ -214,11 +214,12 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     stops, finished or not (default: 20 times the largest sum of P + O over a configuration's
     requests, plus 1000). lanes: how many (configuration, replica) runs are stepped together in
     one vmapped call; when one finishes, the next waiting run takes its place between calls, so
-    a few long runs do not keep the others' lanes idle (default: all of them on an accelerator,
-    where a step costs about the same for any number; at most 8 on a CPU, where it costs in
-    proportion: about 3 us per lane with 48 slots, 7 us with 128). workers: threads that each
-    step such a window (default: one per core on a CPU, one on an accelerator). Results depend
-    on neither.
+    a few long runs do not keep the others' lanes idle (default: on accelerators all of them,
+    shared among the workers, since a step costs about the same for any number; at most 8 on a
+    CPU, where it costs in proportion: about 3 us per lane with 48 slots, 7 us with 128).
+    workers: threads that each step such a window, worker w on this process's device w mod the
+    device count (default: one per core on a CPU, one per device on accelerators). Results
+    depend on neither.
     """
     start = time.perf_counter()
     if not isinstance(system, LLMSystem):
@@ -264,30 +265,31 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
              else 20 * int(np.max(np.sum(np.asarray(reqs.prompt) + np.asarray(reqs.output),
                                          axis=-1))) + 1000)
     runs = b * replicas
-    lanes = _default_lanes(runs) if lanes is None else lanes
+    workers = _default_workers() if workers is None else workers
+    lanes = _default_lanes(runs, workers) if lanes is None else lanes
     inputs = (per.params(), per.policy, per.predictor, reqs, refine_keys)
     state = _run_all(spec, inputs, _init(spec, reqs), n, min(lanes, runs), steps_per_call,
-                     limit, progress, _default_workers() if workers is None else workers)
+                     limit, progress, workers)
     result = _summarise(per, state, reqs, shape, replicas, warmup, ttft_slo, tpot_slo,
                         time.perf_counter() - start)
     _report_problems(result, slots, on_overflow)
     return result
 
 
-def _default_lanes(runs: int) -> int:
+def _default_lanes(runs: int, workers: int) -> int:
     # On a CPU a step costs in proportion to its lanes, so fewer lanes waste less on finished
     # runs, until the fixed cost of a step shows. scripts/bench_llm.py (256 runs, 48 slots): one
     # worker: 2 lanes 2.4 s, 4 lanes 1.6 s, 8 lanes 1.4 s, 16 lanes 1.4 s, 32 lanes 1.7 s; two
     # workers: 4 lanes 1.06 s, 8 lanes 0.99 s, 16 lanes 1.05 s, 32 lanes 1.39 s.
-    return runs if jax.default_backend() != "cpu" else min(runs, 8)
+    return max(1, runs // workers) if jax.default_backend() != "cpu" else min(runs, 8)
 
 
 def _default_workers() -> int:
     """One worker per core on a CPU (a compiled call runs on the thread that made it, which
-    releases the GIL meanwhile); one on an accelerator, which runs a window's lanes in parallel
-    on its own."""
+    releases the GIL meanwhile); one per device on accelerators, each of which runs a window's
+    lanes in parallel on its own."""
     if jax.default_backend() != "cpu":
-        return 1
+        return jax.local_device_count()
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -313,12 +315,18 @@ def _run_all(spec, inputs, state, n, lanes, steps_per_call, limit, progress,
             owner[run] = worker
             return run
 
+    devices = jax.local_devices()
+
     def work(worker):
         lane_run = np.array([start(worker) for _ in range(lanes)])
-        # A copy of its own: _put donates it, and only this worker's runs change in it.
-        pool = jax.tree_util.tree_map(jnp.copy, state)
+        # The worker's device (this process's devices in turn) runs all its calls: the
+        # configuration axis is split over the devices by the runs each worker takes. The pool
+        # is a copy of its own: _put donates it, and only this worker's runs change in it.
+        device = devices[worker % len(devices)]
+        own_inputs = jax.device_put(inputs, device)
+        pool = jax.tree_util.tree_map(jnp.copy, jax.device_put(state, device))
         while True:
-            window = _advance(spec, *_take(inputs, lane_run), _take(pool, lane_run), steps,
+            window = _advance(spec, *_take(own_inputs, lane_run), _take(pool, lane_run), steps,
                               limit)
             pool = _put(pool, lane_run, window)
             stopped = np.array((window.totals.finished >= n)
@@ -347,6 +355,7 @@ def _run_all(spec, inputs, state, n, lanes, steps_per_call, limit, progress,
     with concurrent.futures.ThreadPoolExecutor(workers) as executor:
         pools = list(executor.map(work_as_caller, range(workers)))
     rows = jnp.arange(runs)
+    pools = jax.device_put(pools, devices[0])
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[owner, rows], *pools)
 
 

@@ -1,0 +1,97 @@
+"""What the sweep layer needs from each engine: its options, one configuration built from them,
+and one batched call over configurations that share everything static.
+
+The sweep never reaches inside an engine: it builds the same objects as `jaxq queue` and
+`jaxq llm` do from the same options (jaxq.cli, jaxq.llm.cli), stacks configurations whose pytrees
+have one structure, and calls the engine's public `simulate` once per stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import jax
+import jax.numpy as jnp
+
+
+class QueueEngine:
+    name = "queue"
+
+    @staticmethod
+    def add_options(parser: argparse.ArgumentParser):
+        from jaxq.cli import add_queue_options
+
+        add_queue_options(parser)
+
+    @staticmethod
+    def build(args):
+        """(one configuration's System, the static options its call needs)."""
+        from jaxq.cli import build_system, simulate_options
+
+        return build_system(args), tuple(sorted(simulate_options(args).items()))
+
+    @staticmethod
+    def run(system, static: tuple) -> list[dict]:
+        """Metrics of each configuration of a stacked System (axis 0)."""
+        import jaxq
+        from jaxq.cli import queue_metrics
+
+        result = jaxq.simulate(system, **dict(static), key=0, on_overflow="ignore")
+        return [queue_metrics(result, i) for i in range(result.mean_response_time.shape[0])]
+
+
+class LLMEngine:
+    name = "llm"
+
+    @staticmethod
+    def add_options(parser: argparse.ArgumentParser):
+        from jaxq.llm.cli import add_llm_options
+
+        add_llm_options(parser)
+
+    @staticmethod
+    def build(args):
+        from jaxq.llm.cli import build_llm_system, simulate_options
+        from jaxq.llm.workloads import Trace
+
+        system, workload = build_llm_system(args)
+        # Record the values the preset resolved (the row then says what ran).
+        args.kv_capacity = int(system.kv_capacity)
+        args.host_capacity = int(system.host_capacity)
+        for name in ("iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
+                     "iter_per_kv_token", "swap_per_token"):
+            setattr(args, name, float(getattr(system, name)))
+        options = simulate_options(args, isinstance(workload, Trace))
+        # The workload is static: it is sampled for the whole call.
+        requests = (args.trace, args.workload, args.rate, args.requests, args.max_model_len)
+        return system, (requests, tuple(sorted(options.items())))
+
+    @staticmethod
+    def run(system, static: tuple) -> list[dict]:
+        from jaxq.llm.cli import llm_metrics
+        from jaxq.llm.simulate import simulate
+        from jaxq.llm.workloads import WORKLOADS, read_trace
+
+        (trace, workload, rate, _, max_model_len), options = static
+        if trace is not None:
+            requests = read_trace(trace)
+        else:
+            requests = WORKLOADS[workload](**({} if rate is None else {"rate": rate}),
+                                           max_tokens=max_model_len)
+        result = simulate(system, requests, **dict(options), key=0, on_overflow="ignore")
+        return [llm_metrics(result, i) for i in range(result.ttft_mean.shape[0])]
+
+
+ENGINES = {"queue": QueueEngine, "llm": LLMEngine}
+
+
+def stack(systems: list):
+    """One batched pytree from configurations of one structure (leaves stacked on axis 0)."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *systems)
+
+
+def structure(system) -> tuple:
+    """What must be equal for two configurations to share a call: the pytree's structure (its
+    static fields included) and every leaf's shape and dtype."""
+    leaves, treedef = jax.tree_util.tree_flatten(system)
+    return treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
