@@ -13,8 +13,8 @@ pytest.importorskip("matplotlib")
 import jaxq.cli  # noqa: E402
 from jaxq import theory  # noqa: E402
 from jaxq.sweep import expand, results, run_sweep  # noqa: E402
-from jaxq.sweep.plots import (check_specs, default_specs, heatmap_grid, plot_folder,  # noqa: E402
-                              series, theory_curve)
+from jaxq.sweep.plots import (cdf_lines, check_specs, default_specs, heatmap_grid,  # noqa: E402
+                              plot_folder, series, theory_curve)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 LOADS = [0.5, 0.7]
@@ -163,7 +163,7 @@ def test_heatmap(folder):
 
 @pytest.mark.parametrize("spec, message", [
     ({"kind": "bars", "x": "load", "y": "p99"}, r"plots\[1\]: kind must be one of lines, "
-                                                r"heatmap, got 'bars'"),
+                                                r"heatmap, cdf, got 'bars'"),
     ({"kind": "lines", "x": "load", "y": "p99", "colour": "red"},
      r"plots\[1\] \(lines\): unknown key\(s\) colour; the keys of a lines plot: kind, x, y, by"),
     ({"kind": "lines", "x": "lod", "y": "p99"},
@@ -200,6 +200,30 @@ def test_llm_folder(llm_folder):
                                          r"folder's engine is llm"):
         check_specs([{"kind": "lines", "x": "rate", "y": "latency_mean", "theory": True}],
                     "llm", rows)
+
+
+def test_llm_latency_cdf(tmp_path):
+    # A real LLM sweep: its latency.npz holds each configuration's measured requests, whose mean
+    # is the table's latency_mean, and the standard plots include their CDF.
+    out = str(tmp_path)
+    points = expand({"policy": ["fcfs", "sprpt"]},
+                    base={"workload": "azure-conversation", "rate": "3", "requests": "40",
+                          "slots": "48", "replicas": "2", "kv_capacity": "12000"})
+    run_sweep("llm", points, out, progress=False)
+    rows = results.load_table(out)
+    latencies = results.load_latencies(out)
+    assert sorted(latencies) == [0, 1]
+    for r in rows:
+        values = latencies[r["config"]]
+        assert values.shape == (2 * 36,)  # replicas x (requests - 10% warm-up)
+        assert np.mean(values) == pytest.approx(r["latency_mean"], rel=1e-5)
+    (label, values), _ = cdf_lines(rows, ["policy"], latencies)
+    assert label == "policy=fcfs" and np.all(np.diff(values) >= 0)
+    paths = plot_folder(out)
+    assert any(os.path.basename(p) == "latency_cdf_by_policy.png" for p in paths)
+    _check_files(paths)
+    with pytest.raises(ValueError, match="latency CDFs are of the LLM engine's requests"):
+        check_specs([{"kind": "cdf"}], "queue", rows)
 
 
 def test_missing_matplotlib(folder, monkeypatch):

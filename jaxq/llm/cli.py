@@ -7,11 +7,11 @@ and llama-3.1-8b); any explicit --iter-* or --kv-capacity option overrides the p
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
 import sys
-import tempfile
 
+from jaxq._files import write_atomic
 from jaxq.cli import LINEAR_WEIGHTS, PREDICTOR_NAMES, build_policy, build_predictor
 
 LLM_POLICY_NAMES = ("fcfs", "sjf-prompt", "spjf", "pspjf", "sprpt", "sprpt-limited", "onebit",
@@ -180,12 +180,10 @@ def _write_per_request(path, result, arrival):
     first = arrival + result.ttft[0]
     finish = arrival + result.latency[0]
     preemptions = result.request_preemptions[0]
-    folder = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile("w", dir=folder, delete=False, newline="",
-                                     suffix=".tmp") as f:
-        writer = csv.writer(f)
-        writer.writerow(["arrival_time", "first_token_time", "finish_time", "preemptions"])
-        for row in zip(arrival, first, finish, preemptions):
-            writer.writerow([repr(float(row[0])), repr(float(row[1])), repr(float(row[2])),
-                             int(row[3])])
-    os.replace(f.name, path)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["arrival_time", "first_token_time", "finish_time", "preemptions"])
+    for row in zip(arrival, first, finish, preemptions):
+        writer.writerow([repr(float(row[0])), repr(float(row[1])), repr(float(row[2])),
+                         int(row[3])])
+    write_atomic(path, text.getvalue().encode())

@@ -12,6 +12,7 @@ import argparse
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class QueueEngine:
@@ -31,13 +32,13 @@ class QueueEngine:
         return build_system(args), tuple(sorted(simulate_options(args).items()))
 
     @staticmethod
-    def run(system, static: tuple) -> list[dict]:
-        """Metrics of each configuration of a stacked System (axis 0)."""
+    def run(system, static: tuple) -> tuple[list[dict], None]:
+        """(metrics of each configuration of a stacked System (axis 0), no per-request data)."""
         import jaxq
         from jaxq.cli import queue_metrics
 
         result = jaxq.simulate(system, **dict(static), key=0, on_overflow="ignore")
-        return [queue_metrics(result, i) for i in range(result.mean_response_time.shape[0])]
+        return [queue_metrics(result, i) for i in range(result.mean_response_time.shape[0])], None
 
 
 class LLMEngine:
@@ -67,7 +68,9 @@ class LLMEngine:
         return system, (requests, tuple(sorted(options.items())))
 
     @staticmethod
-    def run(system, static: tuple) -> list[dict]:
+    def run(system, static: tuple) -> tuple[list[dict], list[np.ndarray]]:
+        """(metrics of each configuration, each one's measured requests' latencies (R * M,)
+        seconds: replicas one after another, NaN for a request that did not finish)."""
         from jaxq.llm.cli import llm_metrics
         from jaxq.llm.simulate import simulate
         from jaxq.llm.workloads import WORKLOADS, read_trace
@@ -78,16 +81,25 @@ class LLMEngine:
         else:
             requests = WORKLOADS[workload](**({} if rate is None else {"rate": rate}),
                                            max_tokens=max_model_len)
-        result = simulate(system, requests, **dict(options), key=0, on_overflow="ignore")
-        return [llm_metrics(result, i) for i in range(result.ttft_mean.shape[0])]
+        options = dict(options)
+        result = simulate(system, requests, **options, key=0, on_overflow="ignore")
+        n = result.latency.shape[-1]
+        # simulate's default warm-up, as it documents it.
+        warmup = options["warmup"] if options["warmup"] is not None else (
+            0 if trace is not None else n // 10)
+        configs = range(result.ttft_mean.shape[0])
+        return ([llm_metrics(result, i) for i in configs],
+                [np.asarray(result.latency[i, :, warmup:], np.float32).ravel() for i in configs])
 
 
 ENGINES = {"queue": QueueEngine, "llm": LLMEngine}
 
 
 def stack(systems: list):
-    """One batched pytree from configurations of one structure (leaves stacked on axis 0)."""
-    return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *systems)
+    """One batched pytree from configurations of one structure (leaves stacked on axis 0, on
+    the host: one transfer per leaf, not one per configuration)."""
+    return jax.tree_util.tree_map(lambda *xs: jnp.asarray(np.stack([np.asarray(x) for x in xs])),
+                                  *systems)
 
 
 def structure(system) -> tuple:

@@ -32,6 +32,7 @@ import dataclasses
 import os
 import tomllib
 
+from jaxq._files import write_atomic
 from jaxq.sweep import results
 from jaxq.sweep.engines import ENGINES
 from jaxq.sweep.grid import expand, parse_values
@@ -61,7 +62,7 @@ class Experiment:
         for r in rows:
             lines.append("| " + " | ".join(_cell(r[c]) for c in columns) + " |")
         path = os.path.join(out, "summary.md")
-        results.write_atomic(path, ("\n".join(lines) + "\n").encode())
+        write_atomic(path, ("\n".join(lines) + "\n").encode())
         return path
 
 

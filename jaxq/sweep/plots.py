@@ -15,6 +15,8 @@ lines     x (column), y (metric); by (a column or a list: one line per combinati
           times its standard error (stderr, ttft_stderr, latency_stderr) where the table has it.
 heatmap   x, y (two columns), z (metric); where, logz, title, name. One cell per pair of values,
           z averaged over the rows that share it; a pair without rows stays blank.
+cdf       LLM engine: the empirical CDF of the measured requests' latencies (DIR/latency.npz);
+          by, where, logx, title, name. Requests of rows sharing a line are pooled.
 
 matplotlib is optional (`pip install 'jaxq[plot]'`); figures are drawn without pyplot, so no
 display or backend is needed.
@@ -31,6 +33,7 @@ import re
 
 import numpy as np
 
+from jaxq._files import write_atomic
 from jaxq.sweep import results
 
 PLOTS = "plots"  # the subfolder of a results folder that holds the plots
@@ -54,9 +57,11 @@ THEORY_OPTIONS = ("policy", "predictor", "service", "load", "alpha", "sigma", "t
                   "arrival_cv")
 
 _KEYS = {"lines": ("kind", "x", "y", "by", "where", "theory", "optimum", "logy", "title", "name"),
-         "heatmap": ("kind", "x", "y", "z", "where", "logz", "title", "name")}
-_REQUIRED = {"lines": ("x", "y"), "heatmap": ("x", "y", "z")}
-_SWITCHES = ("theory", "optimum", "logy", "logz")
+         "heatmap": ("kind", "x", "y", "z", "where", "logz", "title", "name"),
+         "cdf": ("kind", "by", "where", "logx", "title", "name")}
+_REQUIRED = {"lines": ("x", "y"), "heatmap": ("x", "y", "z"), "cdf": ()}
+_SWITCHES = ("theory", "optimum", "logy", "logz", "logx")
+MAX_DEFAULT_CDF_LINES = 12  # the standard latency CDF plot, when it has at most this many lines
 _NAME = re.compile(r"\w[\w.=+-]*")
 _NO_MATPLOTLIB = "plots need matplotlib: pip install 'jaxq[plot]'"
 
@@ -66,12 +71,15 @@ def plot_folder(out: str, specs: list[dict] | None = None) -> list[str]:
     `out` into out/plots/, as PNG and SVG; returns the paths written. Every spec is checked
     before anything is drawn."""
     engine, rows = _load(out)
-    checked = check_specs(default_specs(engine, rows) if specs is None else specs, engine, rows)
+    if specs is None:
+        specs = default_specs(engine, rows, os.path.exists(os.path.join(out, results.LATENCIES)))
+    checked = check_specs(specs, engine, rows)
     figure_class, rc_context = _matplotlib()
     paths = []
     for spec in checked:
         fig = figure_class(figsize=(6.4, 4.4), layout="constrained")
-        draw = _draw_lines if spec["kind"] == "lines" else _draw_heatmap
+        draw = {"lines": _draw_lines, "heatmap": _draw_heatmap,
+                "cdf": functools.partial(_draw_cdf, out=out)}[spec["kind"]]
         draw(fig, spec, _filter(rows, spec["where"]))
         paths += _save(fig, os.path.join(out, PLOTS, spec["name"]), rc_context)
     return paths
@@ -114,7 +122,7 @@ def _save(fig, stem: str, rc_context) -> list[str]:
             fig.savefig(buffer, format=fmt, dpi=150,
                         metadata={"Date": None} if fmt == "svg" else None)
         path = f"{stem}.{fmt}"
-        results.write_atomic(path, buffer.getvalue())
+        write_atomic(path, buffer.getvalue())
         paths.append(path)
     return paths
 
@@ -161,8 +169,12 @@ def _check(spec, i: int, engine: str, rows: list[dict]) -> dict:
     for key, column in [(k, spec[k]) for k in _REQUIRED[kind]] + [("by", c) for c in by] + [
             ("where", c) for c in filters]:
         _check_column(where, key, column, rows)
-    metric = spec["y" if kind == "lines" else "z"]
-    if not _numeric(rows, metric):
+    if kind == "cdf":
+        if engine != "llm":
+            raise ValueError(f"{where}: latency CDFs are of the LLM engine's requests; this "
+                             f"folder's engine is {engine}")
+    elif not _numeric(rows, spec["y" if kind == "lines" else "z"]):
+        metric = spec["y" if kind == "lines" else "z"]
         raise ValueError(f"{where}: {metric!r} holds no numbers: give a metric column")
     for key in _SWITCHES:
         if key in spec and not isinstance(spec[key], bool):
@@ -209,16 +221,18 @@ def _check_where(where: str, filters: dict, rows: list[dict]):
 
 
 def _default_title(spec: dict) -> str:
-    what = f"{spec['y']} vs {spec['x']}" if spec["kind"] == "lines" else spec["z"]
+    what = {"lines": lambda: f"{spec['y']} vs {spec['x']}", "heatmap": lambda: spec["z"],
+            "cdf": lambda: "latency CDF"}[spec["kind"]]()
     if spec["where"]:
         what += " (" + ", ".join(f"{k}={_fmt(v)}" for k, v in spec["where"].items()) + ")"
     return what
 
 
 def _default_name(spec: dict) -> str:
-    """lines: Y_vs_X[_by_A_B][_K=V...]; heatmap: Z_over_X_Y[_K=V...]."""
-    if spec["kind"] == "lines":
-        stem = f"{spec['y']}_vs_{spec['x']}"
+    """lines: Y_vs_X[_by_A_B][_K=V...]; heatmap: Z_over_X_Y[_K=V...]; cdf:
+    latency_cdf[_by_A_B][_K=V...]."""
+    if spec["kind"] in ("lines", "cdf"):
+        stem = f"{spec['y']}_vs_{spec['x']}" if spec["kind"] == "lines" else "latency_cdf"
         if spec["by"]:
             stem += "_by_" + "_".join(spec["by"])
     else:
@@ -230,12 +244,13 @@ def _default_name(spec: dict) -> str:
 # Standard plots -------------------------------------------------------------------------------
 
 
-def default_specs(engine: str, rows: list[dict]) -> list[dict]:
+def default_specs(engine: str, rows: list[dict], latencies: bool = False) -> list[dict]:
     """The standard plots of a table: for each default metric, lines over each standard axis that
     varies (load/rate, sigma, threshold with its optimum, c; else the first varying numeric
     column, else the first varying column, else config), one line per combination of the other
     varying columns, with exact theory for the queue engine; and where two numeric columns vary,
-    heatmaps over the first two."""
+    heatmaps over the first two; with the LLM engine's `latencies`, their CDFs, one line per
+    combination of the varying columns (if there are few)."""
     varying = _varying(engine, rows)
     numeric = [c for c in varying if _numeric(rows, c)]
     axes = [c for c in DEFAULT_AXES[engine] if c in varying] or (numeric + varying + ["config"])[:1]
@@ -249,6 +264,8 @@ def default_specs(engine: str, rows: list[dict]) -> list[dict]:
                 spec["optimum"] = True
             specs.append(spec)
         specs += _default_heatmaps(rows, varying, numeric[:2], metric)
+    if latencies and len(_distinct_tuples(rows, varying)) <= MAX_DEFAULT_CDF_LINES:
+        specs.append({"kind": "cdf", "by": varying})
     return specs
 
 
@@ -421,6 +438,36 @@ def _draw_heatmap(fig, spec: dict, rows: list[dict]):
     ax.set_xlabel(spec["x"])
     ax.set_ylabel(spec["y"])
     ax.set_title(spec["title"])
+
+
+def _draw_cdf(fig, spec: dict, rows: list[dict], out: str):
+    ax = fig.subplots()
+    latencies = results.load_latencies(out)
+    for label, values in cdf_lines(rows, spec["by"], latencies):
+        ax.step(values, np.arange(1, len(values) + 1) / len(values), where="post",
+                label=label or None)
+    if spec["logx"]:
+        ax.set_xscale("log")
+    ax.set_xlabel("latency (s)")
+    ax.set_ylabel("fraction of requests")
+    ax.set_title(spec["title"])
+    ax.grid(alpha=0.3)
+    if spec["by"]:
+        ax.legend(fontsize="small")
+
+
+def cdf_lines(rows: list[dict], by: list[str], latencies: dict) -> list[tuple[str, np.ndarray]]:
+    """(label, the sorted finished latencies of the line's rows pooled) per combination of the
+    `by` columns' values, in table order; requests that did not finish (NaN) are left out."""
+    lines = {}
+    for r in rows:
+        lines.setdefault(tuple(r[c] for c in by), []).append(latencies[r["config"]])
+    out = []
+    for key, arrays in lines.items():
+        values = np.concatenate(arrays)
+        out.append((", ".join(f"{c}={_fmt(v)}" for c, v in zip(by, key)),
+                    np.sort(values[np.isfinite(values)])))
+    return out
 
 
 # Table helpers --------------------------------------------------------------------------------

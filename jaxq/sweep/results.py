@@ -6,6 +6,8 @@ to a temporary name and renamed into place, so a killed sweep leaves only finish
                           configurations, so a rerun of the same command finds them)
     DIR/results.csv       every configuration's row, in grid order (column `config`)
     DIR/results.parquet   the same table, typed (when pyarrow is installed)
+    DIR/latency.npz       LLM engine: each configuration's measured requests' latencies (key: its
+                          config number), for latency CDFs; chunks/ID.npz per chunk
 """
 
 from __future__ import annotations
@@ -15,25 +17,39 @@ import io
 import json
 import math
 import os
-import tempfile
+
+import numpy as np
+
+from jaxq._files import write_atomic
 
 MANIFEST = "manifest.json"
 TABLE = "results.csv"
 PARQUET = "results.parquet"
+LATENCIES = "latency.npz"
 
 
-def write_atomic(path: str, data: bytes):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=folder, delete=False, suffix=".tmp") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
+def chunk_path(out: str, chunk_id: str, suffix: str = "csv") -> str:
+    return os.path.join(out, "chunks", f"{chunk_id}.{suffix}")
 
 
-def chunk_path(out: str, chunk_id: str) -> str:
-    return os.path.join(out, "chunks", f"{chunk_id}.csv")
+def write_latencies(path: str, arrays: list, keys: list | None = None):
+    """Arrays of any lengths into one .npz, under keys "0", "1", ... (or `keys`)."""
+    keys = range(len(arrays)) if keys is None else keys
+    buffer = io.BytesIO()
+    np.savez(buffer, **{str(k): a for k, a in zip(keys, arrays)})
+    write_atomic(path, buffer.getvalue())
+
+
+def read_latencies(path: str) -> list:
+    """The arrays of write_latencies, in key order (keys are numbers)."""
+    with np.load(path) as data:
+        return [data[k] for k in sorted(data.files, key=int)]
+
+
+def load_latencies(out: str) -> dict[int, np.ndarray]:
+    """DIR/latency.npz as {config: latencies}."""
+    with np.load(os.path.join(out, LATENCIES)) as data:
+        return {int(k): data[k] for k in data.files}
 
 
 def format_value(v) -> str:

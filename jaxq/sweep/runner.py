@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from jaxq._files import write_atomic
 from jaxq.sweep import results
 from jaxq.sweep.engines import ENGINES, stack, structure
 from jaxq.sweep.progress import ProgressBar
@@ -162,10 +163,12 @@ def run_sweep(engine: str, points: list[dict], out: str, *, chunk_size: int | No
             bar.update(len(chunk.configs), reused=True)
             continue
         batch = stack([systems[i] for i in chunk.configs])
-        metrics = ENGINES[engine].run(batch, statics[chunk.group])
+        metrics, latencies = ENGINES[engine].run(batch, statics[chunk.group])
         rows = [{"config": i, **_parameters(parsed[i]), **m}
                 for i, m in zip(chunk.configs, metrics)]
-        results.write_atomic(path, results.rows_to_csv(list(rows[0]), rows))
+        if latencies is not None:  # first: a chunk whose table exists is complete
+            results.write_latencies(results.chunk_path(out, chunk.id, "npz"), latencies)
+        write_atomic(path, results.rows_to_csv(list(rows[0]), rows))
         ran += 1
         bar.update(len(chunk.configs))
     bar.close()
@@ -177,6 +180,11 @@ def run_sweep(engine: str, points: list[dict], out: str, *, chunk_size: int | No
     if process == 0:
         columns, table = _gather(out, chunks)
         files = results.write_table(out, columns, table)
+        if engine == "llm":
+            files.append(_gather_latencies(out, chunks))
+        for name in os.listdir(os.path.join(out, "chunks")):
+            if name.endswith(".tmp"):  # left by a process killed while writing
+                os.remove(os.path.join(out, "chunks", name))
         flagged = _flagged(columns, table)
         manifest.update(complete=True, flagged_configurations=flagged,
                         seconds=time.perf_counter() - start)
@@ -234,6 +242,19 @@ def _gather(out, chunks) -> tuple[list[str], list[list[str]]]:
         rows += [[str(config)] + row[1:] for config, row in zip(chunk.configs, chunk_rows)]
     rows.sort(key=lambda r: int(r[0]))
     return columns, rows
+
+
+def _gather_latencies(out, chunks) -> str:
+    """DIR/latency.npz: one array per configuration (key: its config number), its measured
+    requests' latencies."""
+    arrays = {}
+    for chunk in chunks:
+        per_config = results.read_latencies(results.chunk_path(out, chunk.id, "npz"))
+        arrays.update(zip(chunk.configs, per_config))
+    configs = sorted(arrays)
+    results.write_latencies(os.path.join(out, results.LATENCIES), [arrays[c] for c in configs],
+                            configs)
+    return results.LATENCIES
 
 
 def _flagged(columns, rows) -> int:
