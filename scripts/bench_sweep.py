@@ -38,7 +38,8 @@ def init_jax():
 def grid(loads, sigmas, jobs):
     from jaxq.sweep import expand
 
-    return expand({"load": [repr(x) for x in loads], "sigma": [repr(s) for s in sigmas]},
+    return expand({"load": [repr(float(x)) for x in loads],
+                   "sigma": [repr(float(s)) for s in sigmas]},
                   base={"policy": "sprpt", "predictor": "lognormal", "jobs": str(jobs),
                         "replicas": "1", "capacity": "128"})
 

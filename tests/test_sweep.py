@@ -267,3 +267,20 @@ def test_two_processes_give_the_same_table(tmp_path):
     runs = [json.loads(o[0].splitlines()[-1])["run"] for o in outputs]
     assert runs == [2, 2]  # two policies (two groups) of three loads, in chunks of 2 and 1
     assert _table(str(multi)) == _table(str(single))
+
+
+def test_progress_bar_line():
+    import io
+
+    from jaxq.sweep.progress import ProgressBar
+
+    stream = io.StringIO()
+    bar = ProgressBar(chunks=4, configurations=400, enabled=True, stream=stream)
+    bar.update(100, reused=True)
+    bar.update(100)
+    line = stream.getvalue().rsplit("\r", 1)[-1]
+    assert line.startswith("[" + "#" * 12 + "." * 12 + "] 2/4 chunks, 200/400 configurations, ")
+    assert line.endswith(" s left")
+    quiet = io.StringIO()
+    ProgressBar(chunks=1, configurations=1, enabled=False, stream=quiet).update(1)
+    assert quiet.getvalue() == ""

@@ -17,6 +17,7 @@ import numpy as np
 
 class QueueEngine:
     name = "queue"
+    latencies = False  # run() returns no per-request latencies
 
     @staticmethod
     def add_options(parser: argparse.ArgumentParser):
@@ -43,6 +44,7 @@ class QueueEngine:
 
 class LLMEngine:
     name = "llm"
+    latencies = True
 
     @staticmethod
     def add_options(parser: argparse.ArgumentParser):

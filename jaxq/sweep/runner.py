@@ -113,9 +113,9 @@ def plan(engine: str, points: list[dict], chunk_size: int | None = None):
             groups[key] = []
             statics.append(key[1])
         groups[key].append(i)
-    size = chunk_size or default_chunk_size(engine, parsed[0])
     chunks = []
     for g, members in enumerate(groups.values()):
+        size = chunk_size or default_chunk_size(engine, parsed[members[0]])
         for start in range(0, len(members), size):
             configs = tuple(members[start:start + size])
             chunks.append(Chunk(_chunk_id(engine, [_parameters(parsed[i]) for i in configs]),
@@ -158,7 +158,9 @@ def run_sweep(engine: str, points: list[dict], out: str, *, chunk_size: int | No
     ran = reused = 0
     for chunk in mine:
         path = results.chunk_path(out, chunk.id)
-        if os.path.exists(path):
+        latencies_path = results.chunk_path(out, chunk.id, "npz")
+        if os.path.exists(path) and (not ENGINES[engine].latencies
+                                     or os.path.exists(latencies_path)):
             reused += 1
             bar.update(len(chunk.configs), reused=True)
             continue
@@ -167,7 +169,7 @@ def run_sweep(engine: str, points: list[dict], out: str, *, chunk_size: int | No
         rows = [{"config": i, **_parameters(parsed[i]), **m}
                 for i, m in zip(chunk.configs, metrics)]
         if latencies is not None:  # first: a chunk whose table exists is complete
-            results.write_latencies(results.chunk_path(out, chunk.id, "npz"), latencies)
+            results.write_latencies(latencies_path, latencies)
         write_atomic(path, results.rows_to_csv(list(rows[0]), rows))
         ran += 1
         bar.update(len(chunk.configs))
@@ -180,7 +182,7 @@ def run_sweep(engine: str, points: list[dict], out: str, *, chunk_size: int | No
     if process == 0:
         columns, table = _gather(out, chunks)
         files = results.write_table(out, columns, table)
-        if engine == "llm":
+        if ENGINES[engine].latencies:
             files.append(_gather_latencies(out, chunks))
         for name in os.listdir(os.path.join(out, "chunks")):
             if name.endswith(".tmp"):  # left by a process killed while writing
