@@ -2,7 +2,8 @@
 `jaxq sweep queue|llm ...`, `jaxq run FILE.toml`, `jaxq plot DIR`.
 
 Options map one to one onto the Python API (jaxq.System and jaxq.simulate); `--json` prints one
-JSON object whose keys are the Result's field names.
+JSON object whose keys are the Result's field names (but `measured_jobs` for its `jobs`, which is
+not --jobs).
 """
 
 from __future__ import annotations
