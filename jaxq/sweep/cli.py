@@ -69,8 +69,12 @@ def _add_output_options(p):
                         "(SLURM, TPU pod, ...)")
 
 
-def grid_from_options(args) -> tuple[list[dict], dict]:
-    """(points, axes) from `jaxq sweep` options: single values form the base, lists the axes."""
+_NOT_OPTIONS = {"command", "engine", "zip", "out", "chunk_size", "no_progress", "json",
+                "coordinator", "num_processes", "process_id", "distributed"}
+
+
+def grid_from_options(args) -> list[dict]:
+    """The points of `jaxq sweep` options: single values form the base, lists the axes."""
     base, axes = {}, {}
     for name, text in vars(args).items():
         if text is None or name in _NOT_OPTIONS:
@@ -81,28 +85,23 @@ def grid_from_options(args) -> tuple[list[dict], dict]:
         else:
             axes[name] = values
     zipped = [[n.strip().lstrip("-").replace("-", "_") for n in z.split(",")] for z in args.zip]
-    return expand(axes, zipped, base=base), axes
-
-
-_NOT_OPTIONS = {"command", "engine", "zip", "out", "chunk_size", "no_progress", "json",
-                "coordinator", "num_processes", "process_id", "distributed"}
+    return expand(axes, zipped, base=base)
 
 
 def cmd_sweep(args) -> dict:
     _start_distributed(args)
-    points, axes = grid_from_options(args)
-    return _run(args.engine, points, args, sys.argv)
+    return _run(args.engine, grid_from_options(args), args, sys.argv)
 
 
 def cmd_run(args) -> dict:
+    import jax
+
     from jaxq.sweep.experiment import load_experiment
 
     _start_distributed(args)
     experiment = load_experiment(args.file)
     out = _run(experiment.engine, experiment.points, args, sys.argv)
-    import jax
-
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # the one that wrote the table
         out["summary"] = experiment.write_summary(args.out)
         if experiment.plots:
             from jaxq.sweep.plots import plot_folder
