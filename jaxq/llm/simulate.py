@@ -173,12 +173,13 @@ class LLMResult:
     request_preemptions: np.ndarray  # S + (R, N)
     arrival_time: np.ndarray  # S + (R, N), seconds from the first arrival
     output_tokens: np.ndarray  # S + (R, N)
+    warmup: int  # the first `warmup` requests of each replica are left out of the metrics
     seconds: float  # wall time, compilation included
 
     def to_dict(self, index=()) -> dict:
         """Scalar metrics of one configuration (for --json)."""
         skip = {"ttft", "latency", "request_preemptions", "arrival_time", "output_tokens",
-                "seconds"}
+                "warmup", "seconds"}
         out = {}
         for field in dataclasses.fields(self):
             if field.name in skip:
@@ -495,7 +496,7 @@ def _summarise(per, state: EngineState, reqs: Requests, shape, replicas, warmup,
             overflow=sums(t.overflow),
             unfinished=sums(ttft.shape[-1] - t.finished),
             ttft=ttft, latency=latency, request_preemptions=grid(state.preemptions),
-            arrival_time=arrival, output_tokens=output, seconds=seconds)
+            arrival_time=arrival, output_tokens=output, warmup=warmup, seconds=seconds)
     return result
 
 

@@ -20,6 +20,12 @@ class QueueEngine:
     latencies = False  # run() returns no per-request latencies
 
     @staticmethod
+    def footprint(args) -> int:
+        """Rough bytes of one configuration in a call: every replica's slots, a chunk of sampled
+        jobs and the response-time histogram, times 4 for temporaries."""
+        return 4 * args.replicas * (args.capacity * 96 + 1024 * 32 + 2000 * 16)
+
+    @staticmethod
     def add_options(parser: argparse.ArgumentParser):
         from jaxq.cli import add_queue_options
 
@@ -45,6 +51,12 @@ class QueueEngine:
 class LLMEngine:
     name = "llm"
     latencies = True
+
+    @staticmethod
+    def footprint(args) -> int:
+        """Rough bytes of one configuration in a call: every replica's requests and slots, times
+        4 for temporaries."""
+        return 4 * args.replicas * (args.requests * 64 + (args.slots or 1024) * 96)
 
     @staticmethod
     def add_options(parser: argparse.ArgumentParser):
@@ -83,15 +95,11 @@ class LLMEngine:
         else:
             requests = WORKLOADS[workload](**({} if rate is None else {"rate": rate}),
                                            max_tokens=max_model_len)
-        options = dict(options)
-        result = simulate(system, requests, **options, key=0, on_overflow="ignore")
-        n = result.latency.shape[-1]
-        # simulate's default warm-up, as it documents it.
-        warmup = options["warmup"] if options["warmup"] is not None else (
-            0 if trace is not None else n // 10)
+        result = simulate(system, requests, **dict(options), key=0, on_overflow="ignore")
         configs = range(result.ttft_mean.shape[0])
         return ([llm_metrics(result, i) for i in configs],
-                [np.asarray(result.latency[i, :, warmup:], np.float32).ravel() for i in configs])
+                [np.asarray(result.latency[i, :, result.warmup:], np.float32).ravel()
+                 for i in configs])
 
 
 ENGINES = {"queue": QueueEngine, "llm": LLMEngine}

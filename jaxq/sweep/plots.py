@@ -322,17 +322,13 @@ def series(rows: list[dict], x: str, y: str, by: list[str] = ()) -> list[Series]
     """The lines of a lines plot: one per combination of the `by` columns' values (in table
     order). Rows without an x value are left out."""
     stderr = STDERR.get(y) if STDERR.get(y) in rows[0] else None
-    lines = {}
-    for r in rows:
-        if r[x] is not None:
-            lines.setdefault(tuple(r[c] for c in by), []).append(r)
     out = []
-    for key, members in lines.items():
+    for label, members in _lines([r for r in rows if r[x] is not None], by):
         at = _by_x(members, x)
         err = [1.96 * _float(at[v][0][stderr]) if stderr and len(at[v]) == 1 else math.nan
                for v in at]
-        out.append(Series(label=", ".join(f"{c}={_fmt(v)}" for c, v in zip(by, key)),
-                          x=list(at), y=np.array([_mean(r[y] for r in at[v]) for v in at]),
+        out.append(Series(label=label, x=list(at),
+                          y=np.array([_mean(r[y] for r in at[v]) for v in at]),
                           err=np.array(err), rows=members))
     return out
 
@@ -459,18 +455,24 @@ def _draw_cdf(fig, spec: dict, rows: list[dict], out: str):
 def cdf_lines(rows: list[dict], by: list[str], latencies: dict) -> list[tuple[str, np.ndarray]]:
     """(label, the sorted finished latencies of the line's rows pooled) per combination of the
     `by` columns' values, in table order; requests that did not finish (NaN) are left out."""
-    lines = {}
-    for r in rows:
-        lines.setdefault(tuple(r[c] for c in by), []).append(latencies[r["config"]])
     out = []
-    for key, arrays in lines.items():
-        values = np.concatenate(arrays)
-        out.append((", ".join(f"{c}={_fmt(v)}" for c, v in zip(by, key)),
-                    np.sort(values[np.isfinite(values)])))
+    for label, members in _lines(rows, by):
+        values = np.concatenate([latencies[r["config"]] for r in members])
+        out.append((label, np.sort(values[np.isfinite(values)])))
     return out
 
 
 # Table helpers --------------------------------------------------------------------------------
+
+
+def _lines(rows: list[dict], by: list[str]) -> list[tuple[str, list[dict]]]:
+    """(label "a=1, b=x", its rows) per combination of the `by` columns' values, in table
+    order."""
+    lines = {}
+    for r in rows:
+        lines.setdefault(tuple(r[c] for c in by), []).append(r)
+    return [(", ".join(f"{c}={_fmt(v)}" for c, v in zip(by, key)), members)
+            for key, members in lines.items()]
 
 
 def _filter(rows: list[dict], where: dict) -> list[dict]:

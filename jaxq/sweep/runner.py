@@ -198,32 +198,28 @@ def run_sweep(engine: str, points: list[dict], out: str, *, chunk_size: int | No
 
 
 def default_chunk_size(engine: str, args) -> int:
-    """Configurations per chunk: a quarter of one device's memory over a rough per-configuration
-    footprint (engine state and sampled work for every replica, with room for temporaries), at
-    most MAX_CHUNK_PER_DEVICE per device, a multiple of the device count."""
+    """Configurations per chunk: on each device, a quarter of its memory over the engine's
+    per-configuration footprint, at most MAX_CHUNK_PER_DEVICE; times the device count."""
     import jax
 
     devices = jax.local_devices()
-    memory = _device_memory(devices[0])
-    if engine == "queue":
-        per_replica = args.capacity * 96 + 1024 * 32 + 2000 * 16
-    else:
-        slots = args.slots or 1024
-        per_replica = args.requests * 64 + slots * 96
-    per_config = 4 * args.replicas * per_replica
-    per_device = int(np.clip(memory // 4 // (per_config * len(devices)), 1,
+    budget = _device_memory(devices) // 4
+    per_device = int(np.clip(budget // ENGINES[engine].footprint(args), 1,
                              MAX_CHUNK_PER_DEVICE))
     return per_device * len(devices)
 
 
-def _device_memory(device) -> int:
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+def _device_memory(devices) -> int:
+    """Bytes one of these devices may use: an accelerator's own memory; for CPU devices, which
+    share the host's memory, their share of it."""
+    stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
-        return 8 << 30
+        host = 8 << 30
+    return host // len(devices)
 
 
 def _gather(out, chunks) -> tuple[list[str], list[list[str]]]:
