@@ -158,11 +158,12 @@ QUEUE_METRICS = {"mean_response_time": "mean_response_time", "stderr": "stderr",
                  "max_in_system": "max_in_system", "unfinished": "unfinished"}
 
 
-def build_system(args):
-    """The jaxq.System of one configuration from parsed options (--seed is its seed)."""
+def build_system(args, model=None):
+    """The jaxq.System of one configuration from parsed options (--seed is its seed); model:
+    what builds its parts (default build_model)."""
     import jaxq
 
-    service, predictor, policy, arrivals = build_model(args)
+    service, predictor, policy, arrivals = (model or build_model)(args)
     return jaxq.System(args.load, service, predictor, policy, arrivals, seed=args.seed)
 
 

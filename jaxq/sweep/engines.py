@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxq.sweep.memo import MemoByReads
+
 
 class QueueEngine:
     name = "queue"
@@ -32,11 +34,18 @@ class QueueEngine:
         add_queue_options(parser)
 
     @staticmethod
-    def build(args):
-        """(one configuration's System, the static options its call needs)."""
-        from jaxq.cli import build_system, simulate_options
+    def builder():
+        """build(args) -> (one configuration's System, the static options its call needs). Its
+        parts are built once per distinct value of the options they read (most points of a grid
+        share them)."""
+        from jaxq.cli import build_model, build_system, simulate_options
 
-        return build_system(args), tuple(sorted(simulate_options(args).items()))
+        model = MemoByReads(build_model)
+
+        def build(args):
+            return build_system(args, model), tuple(sorted(simulate_options(args).items()))
+
+        return build
 
     @staticmethod
     def run(system, static: tuple) -> tuple[list[dict], None]:
@@ -65,7 +74,13 @@ class LLMEngine:
         add_llm_options(parser)
 
     @staticmethod
+    def builder():
+        return LLMEngine.build
+
+    @staticmethod
     def build(args):
+        """(one configuration's LLMSystem, the static options its call needs: the workload's
+        and simulate's)."""
         from jaxq.llm.cli import build_llm_system, simulate_options
         from jaxq.llm.workloads import Trace
 
@@ -116,4 +131,4 @@ def structure(system) -> tuple:
     """What must be equal for two configurations to share a call: the pytree's structure (its
     static fields included) and every leaf's shape and dtype."""
     leaves, treedef = jax.tree_util.tree_flatten(system)
-    return treedef, tuple((jnp.shape(x), jnp.result_type(x)) for x in leaves)
+    return treedef, tuple((x.shape, x.dtype) for x in leaves)

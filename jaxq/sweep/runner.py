@@ -26,6 +26,7 @@ import numpy as np
 from jaxq._files import write_atomic
 from jaxq.sweep import results
 from jaxq.sweep.engines import ENGINES, stack, structure
+from jaxq.sweep.memo import PointParser
 from jaxq.sweep.progress import ProgressBar
 
 # Configurations per chunk and device at most: a chunk is also the unit of progress and resume.
@@ -64,8 +65,8 @@ def option_parser(engine: str) -> argparse.ArgumentParser:
     return parser
 
 
-def parse_point(parser: argparse.ArgumentParser, point: dict) -> argparse.Namespace:
-    """A point's options as the command would parse them: values are text (or TOML values)."""
+def point_argv(parser: argparse.ArgumentParser, point: dict) -> list[str]:
+    """The command line of a point: values are text (or TOML values)."""
     actions = {a.dest: a for a in parser._actions}
     argv = []
     for name, value in point.items():
@@ -79,7 +80,7 @@ def parse_point(parser: argparse.ArgumentParser, point: dict) -> argparse.Namesp
                 argv.append(flag)
         else:
             argv += [flag, str(value)]
-    return parser.parse_args(argv)
+    return argv
 
 
 def _truth(name, value) -> bool:
@@ -97,11 +98,13 @@ def plan(engine: str, points: list[dict], chunk_size: int | None = None):
     """(parsed options per point, built configurations, their groups' static options, chunks).
     Every point is validated here, before anything is traced."""
     parser = option_parser(engine)
+    parse = PointParser(parser, lambda point: point_argv(parser, point))
+    build = ENGINES[engine].builder()
     parsed, systems, keys = [], [], []
     for i, point in enumerate(points):
         try:
-            args = parse_point(parser, point)
-            system, static = ENGINES[engine].build(args)
+            args = parse(point)
+            system, static = build(args)
         except (ValueError, TypeError, OSError) as err:
             raise ValueError(f"configuration {i} ({_describe(point)}): {err}") from None
         parsed.append(args)
