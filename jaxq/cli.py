@@ -38,6 +38,8 @@ def _add_model_options(p: argparse.ArgumentParser):
     g.add_argument("--threshold", type=float, default=1.0, help="onebit: short iff y < threshold")
     g.add_argument("--preemptive", action="store_true", help="onebit / linear: preemptive variant")
     g.add_argument("--c", type=float, default=0.5, help="sprpt-limited: c in [0, 1]")
+    g.add_argument("--aging", type=float, default=0.0,
+                   help="subtract this times the time in system from the rank (>= 0)")
     g.add_argument("--weights", default="0,1,0,0",
                    help="linear: w_prediction,w_remaining,w_attained,w_age")
     g.add_argument("--shape", type=float, default=None,
@@ -147,6 +149,8 @@ def _parameters(args) -> dict:
         out["c"] = args.c
     if args.policy == "linear":
         out.update(weights=args.weights, preemptive=args.preemptive)
+    if args.aging:
+        out["aging"] = args.aging
     return out
 
 

@@ -39,7 +39,27 @@ def test_theory_json_and_onebit_optimum(capsys):
     assert code == 0 and r["optimal_mean_response_time"] <= r["mean_response_time"]
 
 
+def test_queue_aging_runs_between_the_policy_and_fcfs(capsys):
+    """--aging w ranks by the policy's rank minus w * time in system: w = 0 is the policy itself,
+    and a w large against every prediction orders jobs by arrival, as fcfs does (same jobs)."""
+    def mean(*extra):
+        code, out, _ = run(capsys, "queue", "--load", "0.8", "--predictor", "lognormal",
+                           "--jobs", "5000", "--json", *extra)
+        assert code == 0
+        return json.loads(out)
+
+    sprpt, aged = mean("--policy", "sprpt"), mean("--policy", "sprpt", "--aging", "0.5")
+    assert mean("--policy", "sprpt", "--aging", "0")["mean_response_time"] == \
+        sprpt["mean_response_time"]
+    assert aged["aging"] == 0.5 and "aging" not in sprpt
+    fcfs = mean("--policy", "fcfs")["mean_response_time"]
+    assert sprpt["mean_response_time"] < aged["mean_response_time"] < fcfs
+    huge = mean("--policy", "sprpt", "--aging", "1e4")["mean_response_time"]
+    assert huge == pytest.approx(fcfs, rel=1e-3)
+
+
 @pytest.mark.parametrize("argv, words", [
+    (["queue", "--load", "0.5", "--aging", "-1", "--jobs", "100"], ["aging", "[0, inf]"]),
     (["theory", "--load", "1.0"], ["load", "(0, 1)"]),
     (["queue", "--load", "1.2", "--jobs", "100"], ["load"]),
     (["theory", "--load", "0.5", "--predictor", "uniform", "--alpha", "1.0"], ["alpha", "[0, 1)"]),
