@@ -254,6 +254,10 @@ def parser() -> argparse.ArgumentParser:
 
     add_sweep_parsers(sub)
 
+    from jaxq.tune_cli import add_tune_parser
+
+    add_tune_parser(sub)
+
     d = sub.add_parser("demo", help="sweep every policy over loads and print sim vs theory")
     d.add_argument("--jobs", type=int, default=20000)
     d.add_argument("--replicas", type=int, default=8)
@@ -296,9 +300,11 @@ def main(argv=None) -> int:
     _use_all_cores()
     from jaxq.llm.cli import cmd_llm
     from jaxq.sweep.cli import cmd_plot, cmd_run, cmd_sweep
+    from jaxq.tune_cli import cmd_tune
 
     command = {"queue": cmd_queue, "theory": cmd_theory, "demo": cmd_demo, "llm": cmd_llm,
-               "sweep": cmd_sweep, "run": cmd_run, "plot": cmd_plot}[args.command]
+               "sweep": cmd_sweep, "run": cmd_run, "plot": cmd_plot,
+               "tune": cmd_tune}[args.command]
     from jaxq import CapacityError
 
     try:
