@@ -9,7 +9,6 @@ set the exact engine's final measurement of the learned policy.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import sys

@@ -120,7 +120,6 @@ def test_exact_engine_derivative_of_an_ordering_parameter_is_zero():
     """d(departures)/d(threshold) through the exact engine: zero, although the mean response
     time depends on the threshold."""
     gaps, sizes, predictions = _jobs(40, 2)
-    arrivals = np.cumsum(gaps)
     from jaxq.simulate import DEFAULT_SIZE_BUCKETS, EngineSpec, _trace
 
     spec = EngineSpec(capacity=40, chunk=40, warmup=0, jobs=40, finite_horizon=True,

@@ -1,6 +1,7 @@
 """Exact memoisation for the sweep's builders: a grid builds thousands of configurations that
-share most of their parts (one service distribution, a few predictors), and building each part
-once is what makes a sweep cost no more per configuration than one hand-built batched call."""
+share most of their parts (one service distribution, a few predictors); building each part once,
+and parsing each distinct option value once, is most of what keeps a sweep's cost per
+configuration near that of one hand-built batched call."""
 
 from __future__ import annotations
 
