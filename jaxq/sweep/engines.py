@@ -131,4 +131,5 @@ def structure(system) -> tuple:
     """What must be equal for two configurations to share a call: the pytree's structure (its
     static fields included) and every leaf's shape and dtype."""
     leaves, treedef = jax.tree_util.tree_flatten(system)
-    return treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves)
+    return treedef, tuple((np.shape(x), getattr(x, "dtype", None) or np.result_type(x))
+                          for x in leaves)
