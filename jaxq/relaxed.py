@@ -51,8 +51,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxq.policies import (FCFS, LAS, PSJF, PSPJF, SJF, SPJF, SPRPT, SRPT, Aging, JobView,
-                           Linear, OneBit, Policy, SPRPTLimited)
+from jaxq.policies import (FCFS, LAS, PSJF, PSPJF, SJF, SPJF, SPRPT, SRPT, JobView, Linear,
+                           OneBit, Policy, SPRPTLimited, without_aging)
 from jaxq.queue import Chunk
 
 LOCK_BONUS = 1e3  # rank units a fully locked job gains: ahead of any unlocked job
@@ -60,6 +60,8 @@ TIE_PER_ARRIVAL = 1e-2  # rank units per arrival: structural ties go to the earl
 TINY_SHARE = 1e-12  # a share below this serves nothing: its completion time is infinite, and
 # remaining / share**2 in the backward pass stays finite in float32
 _MASKED_LOGIT = -1e30  # the softmax logit of an empty slot
+# Every queue policy (with or without an aging term).
+_RELAXABLE = (FCFS, LAS, SJF, PSJF, SRPT, SPJF, PSPJF, SPRPT, SPRPTLimited, OneBit, Linear)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,51 +95,36 @@ class RelaxedRun(NamedTuple):
     unfinished: jax.Array  # () int32, jobs that arrived but had not left after the last step
 
 
-def _soft_started(jobs: JobView, tau) -> jax.Array:
-    return -jnp.expm1(-jobs.attained / tau)
-
-
 def relaxed_rank(policy: Policy, jobs: JobView, tau) -> jax.Array:
     """(K,) float: the policy's rank with every indicator smoothed at temperature tau, the lock
     folded in as LOCK_BONUS and structural ties broken by TIE_PER_ARRIVAL * index; lower ranks get
-    larger shares."""
+    larger shares.
+
+    The primary rank is the policy's own (jaxq.policies), which is continuous in its parameters
+    for every policy but onebit, whose 0/1 class is replaced by 1 - sigmoid((T - y) / tau). Only
+    the lock and the tiebreak are relaxed here."""
+    base = without_aging(policy)
+    if not isinstance(base, _RELAXABLE):
+        raise ValueError(f"policy {base.name!r} has no relaxed form")
+    primary = policy.rank(jobs).primary  # aging terms included
+    started = -jnp.expm1(-jobs.attained / tau)  # "a > 0", 0 at a = 0
     order = jobs.index.astype(jobs.attained.dtype)
-    if isinstance(policy, Aging):
-        return relaxed_rank(policy.base, jobs, tau) - policy.w * jobs.age
-    y, a, x = jobs.prediction, jobs.attained, jobs.size
-    lock = tie = jnp.zeros_like(a)
-    if isinstance(policy, FCFS):
-        primary, lock, tie = jnp.zeros_like(a), _soft_started(jobs, tau), order
-    elif isinstance(policy, LAS):
-        primary = a
-    elif isinstance(policy, SJF):
-        primary, lock = x, _soft_started(jobs, tau)
-    elif isinstance(policy, PSJF):
-        primary = x
-    elif isinstance(policy, SRPT):
-        primary = x - a
-    elif isinstance(policy, SPJF):
-        primary, lock = y, _soft_started(jobs, tau)
-    elif isinstance(policy, PSPJF):
-        primary = y
-    elif isinstance(policy, SPRPTLimited):
+    lock = tie = jnp.zeros_like(primary)
+    if isinstance(base, (FCFS, SJF, SPJF)):  # non-preemptive: locked once started
+        lock = started
+    elif isinstance(base, SPRPTLimited):
         # Locked once a > c y, and never before it has started (as c -> 0 a waiting job would
         # otherwise be half locked: sigmoid(0)).
-        primary = y - a
-        lock = _soft_started(jobs, tau) * jax.nn.sigmoid((a - policy.c * y) / tau)
-    elif isinstance(policy, SPRPT):
-        primary = y - a
-    elif isinstance(policy, OneBit):
-        short = jax.nn.sigmoid((policy.threshold - y) / tau)
-        primary = 1.0 - short
-        lock = jnp.where(policy.preemptive, 0.0, _soft_started(jobs, tau))
-        tie = jnp.where(policy.preemptive, (1.0 - 2.0 * short) * order, order)
-    elif isinstance(policy, Linear):
-        primary = (policy.w_prediction * y + policy.w_remaining * (y - a)
-                   + policy.w_attained * a + policy.w_age * jobs.age)
-        lock = jnp.where(policy.preemptive, 0.0, _soft_started(jobs, tau))
-    else:
-        raise ValueError(f"policy {policy.name!r} has no relaxed form")
+        lock = started * jax.nn.sigmoid((jobs.attained - base.c * jobs.prediction) / tau)
+    elif isinstance(base, Linear):
+        lock = jnp.where(base.preemptive, 0.0, started)
+    elif isinstance(base, OneBit):
+        short = jax.nn.sigmoid((base.threshold - jobs.prediction) / tau)
+        primary = primary - base.rank(jobs).primary + (1.0 - short)  # soft class, aging kept
+        lock = jnp.where(base.preemptive, 0.0, started)
+        tie = jnp.where(base.preemptive, (1.0 - 2.0 * short) * order, order)
+    if isinstance(base, FCFS):
+        tie = order
     return primary - LOCK_BONUS * lock + TIE_PER_ARRIVAL * tie
 
 
