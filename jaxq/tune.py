@@ -1,5 +1,5 @@
-"""Tuning a queue policy's parameters: by gradient through the relaxed engine (jaxq.relaxed), or
-by a gradient-free baseline on the exact engine, with one API.
+"""Tuning a policy's parameters: by gradient through the relaxed queue engine (jaxq.relaxed), or
+by a gradient-free baseline on the exact queue or LLM engine, with one API.
 
     result = jaxq.tune.tune(jaxq.System(load=[0.5, 0.7, 0.9], policy=jaxq.OneBit(1.0)),
                             ["threshold"], steps=100)
@@ -8,8 +8,11 @@ by a gradient-free baseline on the exact engine, with one API.
 
 Every configuration of a batched System is its own tuning problem, run side by side (vmapped):
 one call finds the best threshold for each load. Parameters are optimised in an unconstrained
-coordinate u: a threshold or an aging weight is softplus(u) (>= 0), sprpt-limited's c is
-sigmoid(u) (in [0, 1]), a linear weight is u itself.
+coordinate u: a threshold or an aging weight is scale * softplus(u) (>= 0), sprpt-limited's c is
+sigmoid(u) (in [0, 1]), a linear weight is scale * u. The scale (1 by default) is the unit in
+which the optimiser's steps are taken: an LLM rank is in tokens and an age in seconds, so an
+aging weight worth learning there is tens of tokens per second, and scale 10 or 100 takes it
+there in as many steps as scale 1 takes a queue threshold to its optimum.
 
 Methods:
 * "gradient": optax on the pathwise gradient of the relaxed engine's objective, at a
@@ -20,6 +23,10 @@ Methods:
   of the smoothed exact objective without bias, which is what the gradient method is checked
   against.
 Each step draws fresh jobs (seeds folded with the step), so both are stochastic gradient methods.
+
+The objective is one metric or a weighted mix, "latency_p99" or "latency_p99:1,ttft_mean:0.5"
+(or a dict {name: weight}); a metric to be maximised (goodput) enters with a minus sign. The LLM
+engine has no relaxed form yet, so `tune_llm` offers "es" only.
 """
 
 from __future__ import annotations
@@ -40,7 +47,12 @@ from jaxq.relaxed import RelaxedSpec, run_one
 from jaxq.simulate import _replica_keys, sample_chunk, simulate
 from jaxq.system import System
 
-OBJECTIVES = ("mean_response_time", "mean_slowdown")
+OBJECTIVES = ("mean_response_time", "mean_slowdown", "p99")  # queue: jaxq.simulate.Result
+LLM_OBJECTIVES = ("latency_mean", "latency_p90", "latency_p99", "ttft_mean", "ttft_p99",
+                  "tpot_mean", "tpot_p99", "latency_per_token_mean", "latency_per_token_p99",
+                  "goodput")  # jaxq.llm.LLMResult
+MAXIMISED = ("goodput",)
+OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,23 +71,23 @@ TUNABLE = {
 }
 
 
-def _to_value(constraint, u):
+def _to_value(constraint, u, scale=1.0):
     if constraint == "positive":
-        return jax.nn.softplus(u)
+        return scale * jax.nn.softplus(u)
     if constraint == "unit":
         return jax.nn.sigmoid(u)
-    return u
+    return scale * u
 
 
-def _to_u(constraint, value):
+def _to_u(constraint, value, scale=1.0):
     value = np.asarray(value, np.float64)
     if constraint == "positive":
-        v = np.maximum(value, 1e-6)
+        v = np.maximum(value / scale, 1e-6)
         return v + np.log(-np.expm1(-v))  # inverse softplus
     if constraint == "unit":
         v = np.clip(value, 1e-3, 1 - 1e-3)
         return np.log(v) - np.log1p(-v)
-    return value
+    return value / scale
 
 
 def _getter(system: System, name: str) -> Callable:
@@ -94,7 +106,7 @@ def _getter(system: System, name: str) -> Callable:
     return lambda s: getattr(s.policy, t.field)
 
 
-def check_names(system: System, names) -> tuple[str, ...]:
+def check_names(system, names) -> tuple[str, ...]:
     names = tuple(names)
     if not names:
         raise ValueError("tune: name at least one parameter to learn")
@@ -107,6 +119,53 @@ def check_names(system: System, names) -> tuple[str, ...]:
     return names
 
 
+def check_scales(names, scales) -> tuple[float, ...]:
+    """One scale per name (1 where `scales`, a dict, has none)."""
+    scales = dict(scales or {})
+    unknown = set(scales) - set(names)
+    if unknown:
+        raise ValueError(f"scales: {sorted(unknown)} are not tuned (tuned: {list(names)})")
+    out = []
+    for name in names:
+        s = scales.get(name, 1.0)
+        if not (isinstance(s, (int, float)) and math.isfinite(s) and s > 0):
+            raise ValueError(f"the scale of {name} must be a finite number > 0, got {s!r}")
+        if TUNABLE[name].constraint == "unit" and s != 1.0:
+            raise ValueError(f"{name} lies in [0, 1] (a sigmoid of u) and takes no scale")
+        out.append(float(s))
+    return tuple(out)
+
+
+def parse_objective(objective, valid) -> tuple[tuple[str, float], ...]:
+    """((metric, weight), ...) from "name", "name:w,name:w" or a dict {name: weight}."""
+    if isinstance(objective, dict):
+        terms = list(objective.items())
+    else:
+        terms = []
+        for part in str(objective).split(","):
+            name, _, weight = part.strip().partition(":")
+            try:
+                terms.append((name.strip(), float(weight) if weight else 1.0))
+            except ValueError:
+                raise ValueError(f"objective: the weight of {name!r} must be a number, got "
+                                 f"{weight!r}") from None
+    for name, weight in terms:
+        if name not in valid:
+            raise ValueError(f"objective must be made of {', '.join(valid)}; got {name!r}")
+        if not (math.isfinite(weight) and weight > 0):
+            raise ValueError(f"objective: the weight of {name} must be > 0 and finite, got "
+                             f"{weight}")
+    if not terms or len({n for n, _ in terms}) != len(terms):
+        raise ValueError(f"objective: name each metric once, at least one; got {objective!r}")
+    return tuple((n, float(w)) for n, w in terms)
+
+
+def objective_value(result, terms) -> np.ndarray:
+    """The weighted mix of a Result's (or LLMResult's) metrics: what the tuner minimises."""
+    return sum(w * (-1.0 if n in MAXIMISED else 1.0) * np.asarray(getattr(result, n), np.float64)
+               for n, w in terms)
+
+
 def with_values(system: System, names, values) -> System:
     """The system with each named parameter set to values[i] (broadcast to the batch)."""
     for name, value in zip(names, values):
@@ -114,43 +173,45 @@ def with_values(system: System, names, values) -> System:
     return system
 
 
-def current_values(system: System, names) -> list[np.ndarray]:
-    shape = system.batch_shape
+def current_values(system, names, shape) -> list[np.ndarray]:
     return [np.broadcast_to(np.asarray(_getter(system, n)(system), np.float64), shape)
             for n in names]
 
 
 # ---------------------------------------------------------------------------- relaxed objective
 
-def _run_metric(run, warmup, objective):
-    """(objective of one run, its unfinished or dropped jobs)."""
-    response = run.response[warmup:]
-    if objective == "mean_slowdown":
-        response = response / run.size[warmup:]
-    return jnp.nanmean(response), run.unfinished + run.overflow
+def _relaxed_metric(response, size, name):
+    """One metric over the pooled (R, N - W) responses of a configuration's relaxed runs."""
+    if name == "mean_slowdown":
+        return jnp.nanmean(response / size)
+    if name == "p99":
+        return jnp.nanquantile(response, 0.99)
+    return jnp.nanmean(response)
 
 
-def relaxed_objective(spec: RelaxedSpec, objective: str, system: System, keys, tau):
+def relaxed_objective(spec: RelaxedSpec, terms, system: System, keys, tau):
     """(objective, problems) of one configuration (a System without batch axes) over its
-    replicas (keys: (R,)): the relaxed engine's mean over the runs."""
+    replicas (keys: (R,)): the weighted mix of the relaxed engine's metrics over the pooled runs
+    (terms: parse_objective's)."""
     def one(key):
         chunk = sample_chunk(system, key, 0, spec.jobs)
-        return _run_metric(run_one(spec, system.policy, tau, chunk), spec.warmup, objective)
+        return run_one(spec, system.policy, tau, chunk)
 
-    values, problems = jax.vmap(one)(keys)
-    return jnp.mean(values), jnp.sum(problems)
+    runs = jax.vmap(one)(keys)
+    response, size = runs.response[:, spec.warmup:], runs.size[:, spec.warmup:]
+    value = sum(w * _relaxed_metric(response, size, n) for n, w in terms)
+    return value, jnp.sum(runs.unfinished + runs.overflow)
 
 
-def relaxed_gradient(spec: RelaxedSpec, objective: str, system: System, names, u, keys, tau,
-                     mode: str = "forward"):
+def relaxed_gradient(spec: RelaxedSpec, terms, system: System, names, u, keys, tau,
+                     mode: str = "forward", scales=None):
     """(objective, d objective / du (P,), problems) for one configuration: u (P,) unconstrained."""
     constraints = [TUNABLE[n].constraint for n in names]
+    scales = scales or (1.0,) * len(names)
 
     def f(u):
-        values = [_to_value(c, u[i]) for i, c in enumerate(constraints)]
-        value, problems = relaxed_objective(spec, objective, with_values(system, names, values),
-                                            keys, tau)
-        return value, problems
+        values = [_to_value(c, u[i], s) for i, (c, s) in enumerate(zip(constraints, scales))]
+        return relaxed_objective(spec, terms, with_values(system, names, values), keys, tau)
 
     if mode == "forward":
         value, problems = f(u)
@@ -164,116 +225,221 @@ def relaxed_gradient(spec: RelaxedSpec, objective: str, system: System, names, u
 
 @dataclasses.dataclass(frozen=True)
 class TuneResult:
-    """Learned values and how they were found; S is the System's batch shape."""
+    """Learned values and how they were found; S is the system's batch shape."""
 
     names: tuple[str, ...]
     values: dict  # name -> S, the learned value
-    hard: object  # jaxq.simulate Result of the learned policies on fresh seeds
+    hard: object  # the exact engine's Result (LLMResult) of the learned policies on fresh seeds
+    objective: np.ndarray  # S, the objective of `hard` (objective_value)
     trace_objective: np.ndarray  # (steps,) + S: the objective the method saw at each step
     trace_values: dict  # name -> (steps,) + S
     trace_tau: np.ndarray  # (steps,) temperature (NaN for es)
-    problems: int  # relaxed runs' jobs left unfinished or dropped, over all steps (0: none)
+    problems: int  # jobs dropped or left unfinished in the runs the optimiser saw (relaxed or
+    #   exact), over all steps (0: none)
     method: str
     seconds: float
 
 
-def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
-         learning_rate: float = 0.05, optimizer: optax.GradientTransformation | None = None,
-         tau: tuple[float, float] = (0.3, 0.03), jobs: int = 500, warmup: int | None = None,
-         replicas: int = 16, capacity: int = 64, mode: str = "forward",
-         objective: str = "mean_response_time", es_pairs: int = 8, es_sigma: float = 0.1,
-         es_jobs: int | None = None, eval_jobs: int = 20_000, eval_replicas: int = 8,
-         key: int = 0, progress: Callable[[int, int], None] | None = None) -> TuneResult:
-    """Learn `names` for every configuration of `system`; see the module docstring."""
-    names = check_names(system, names)
-    _check(method=method, steps=steps, learning_rate=learning_rate, tau=tau, mode=mode,
-           objective=objective, es_pairs=es_pairs, es_sigma=es_sigma)
-    start = time.perf_counter()
-    system = system.broadcast()
-    shape = system.batch_shape
-    flat = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (-1,) + jnp.shape(a)[len(shape):]),
-                                  system)
-    b = math.prod(shape)
-    warmup = jobs // 10 if warmup is None else warmup
-    spec = RelaxedSpec(capacity=capacity, jobs=jobs, warmup=warmup, steps=2 * jobs,
-                       checkpoint=mode == "reverse")
-    constraints = [TUNABLE[n].constraint for n in names]
-    u = jnp.stack([jnp.asarray(_to_u(c, v).reshape(b), float)
-                   for c, v in zip(constraints, current_values(system, names))], axis=-1)
-    opt = optimizer or optax.adam(learning_rate)
+class _Problems:
+    """The batch of tuning problems: the flattened system (b configurations) and where the
+    optimiser stands in the unconstrained coordinates u (b, P)."""
+
+    def __init__(self, flat, shape, names, scales):
+        self.flat, self.shape, self.names, self.scales = flat, shape, names, scales
+        self.constraints = [TUNABLE[n].constraint for n in names]
+        b = math.prod(shape)
+        self.u0 = jnp.stack([jnp.asarray(_to_u(c, v, s).reshape(b), float) for c, v, s in
+                             zip(self.constraints, current_values(flat, names, (b,)),
+                                 scales)], axis=-1)
+
+    def values(self, u) -> list:
+        """The parameter values at u (..., P): one array (...) per name."""
+        return [_to_value(c, u[..., i], s)
+                for i, (c, s) in enumerate(zip(self.constraints, self.scales))]
+
+
+def _optimise(problems: _Problems, opt, steps, step_fn, progress):
+    """(final u, objectives (steps, b), u (steps, b, P)): `steps` optimiser steps, step_fn(step,
+    u) -> (objective (b,), gradient (b, P)) giving the direction at each."""
+    u = problems.u0
     opt_state = opt.init(u)
-    seeds = jnp.asarray(flat.seed).reshape(b)
-    taus = np.geomspace(tau[0], tau[1], steps) if method == "gradient" else np.full(steps, np.nan)
-    grad_step = _gradient_step(spec, objective, names, mode)
-    trace_obj, trace_u, problems = [], [], 0
+    trace_obj, trace_u = [], []
     for step in range(steps):
-        step_key = jax.random.fold_in(jax.random.key(key), step)
-        if method == "gradient":
-            keys = _replica_keys(step_key, seeds, replicas)
-            value, grad, bad = grad_step(flat, u, keys, taus[step])
-            problems += int(jnp.sum(bad))
-        else:
-            value, grad = _es_step(flat, names, constraints, u, step_key, pairs=es_pairs,
-                                   sigma=es_sigma, jobs=es_jobs or jobs, replicas=replicas,
-                                   objective=objective)
+        value, grad = step_fn(step, u)
         trace_obj.append(np.asarray(value))
         trace_u.append(np.asarray(u))
         updates, opt_state = opt.update(grad, opt_state, u)
         u = optax.apply_updates(u, updates)
         if progress:
             progress(step + 1, steps)
-    learned = [np.asarray(_to_value(c, u[:, i])).reshape(shape) for i, c in enumerate(constraints)]
-    tuned = with_values(system, names, [jnp.asarray(v) for v in learned])
-    # Measured on seeds no step used: each configuration's seed shifted by a large odd offset.
-    fresh = eqx.tree_at(lambda s: s.seed, tuned, tuned.seed + 1_000_003)
-    hard = simulate(fresh, jobs=eval_jobs, replicas=eval_replicas, key=key + 1,
-                    on_overflow="ignore")
-    trace_u = np.stack(trace_u)  # (steps, b, P)
+    return u, np.stack(trace_obj), np.stack(trace_u)
+
+
+def _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad, method, start):
+    shape, steps = problems.shape, trace_obj.shape[0]
+    learned = [np.asarray(v).reshape(shape) for v in problems.values(u)]
     return TuneResult(
-        names=names, values=dict(zip(names, learned)), hard=hard,
-        trace_objective=np.stack(trace_obj).reshape((steps,) + shape),
-        trace_values={n: np.asarray(_to_value(c, trace_u[..., i])).reshape((steps,) + shape)
-                      for i, (n, c) in enumerate(zip(names, constraints))},
-        trace_tau=taus, problems=problems, method=method,
-        seconds=time.perf_counter() - start)
+        names=problems.names, values=dict(zip(problems.names, learned)), hard=hard,
+        objective=objective_value(hard, terms),
+        trace_objective=trace_obj.reshape((steps,) + shape),
+        trace_values={n: np.asarray(v).reshape((steps,) + shape)
+                      for n, v in zip(problems.names, problems.values(trace_u))},
+        trace_tau=taus, problems=bad, method=method, seconds=time.perf_counter() - start)
 
 
-def _gradient_step(spec, objective, names, mode):
+def _fresh_seeds(system):
+    """The system on seeds no optimiser step used: each seed shifted by a large odd offset."""
+    return eqx.tree_at(lambda s: s.seed, system, system.seed + 1_000_003)
+
+
+def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
+         learning_rate: float = 0.05, optimizer: optax.GradientTransformation | None = None,
+         tau: tuple[float, float] = (0.3, 0.03), jobs: int = 500, warmup: int | None = None,
+         replicas: int = 16, capacity: int = 64, mode: str = "forward",
+         objective="mean_response_time", scales: dict | None = None, es_pairs: int = 8,
+         es_sigma: float = 0.1, es_jobs: int | None = None, eval_jobs: int = 20_000,
+         eval_replicas: int = 8, key: int = 0,
+         progress: Callable[[int, int], None] | None = None) -> TuneResult:
+    """Learn `names` for every configuration of the queue `system`; see the module docstring.
+    optimizer: any optax transformation (default Adam at learning_rate)."""
+    if not isinstance(system, System):
+        raise TypeError(f"system must be a jaxq.System (tune_llm tunes an LLMSystem), got "
+                        f"{type(system).__name__}")
+    names = check_names(system, names)
+    scales = check_scales(names, scales)
+    terms = parse_objective(objective, OBJECTIVES)
+    _check(method=method, steps=steps, learning_rate=learning_rate, tau=tau, mode=mode,
+           es_pairs=es_pairs, es_sigma=es_sigma)
+    start = time.perf_counter()
+    system = system.broadcast()
+    shape = system.batch_shape
+    flat = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (-1,) + jnp.shape(a)[len(shape):]),
+                                  system)
+    problems = _Problems(flat, shape, names, scales)
+    warmup = jobs // 10 if warmup is None else warmup
+    spec = RelaxedSpec(capacity=capacity, jobs=jobs, warmup=warmup, steps=2 * jobs,
+                       checkpoint=mode == "reverse")
+    seeds = jnp.asarray(flat.seed).reshape(-1)
+    taus = np.geomspace(tau[0], tau[1], steps) if method == "gradient" else np.full(steps, np.nan)
+    grad_step = _gradient_step(spec, terms, names, mode, scales)
+    bad = [0]
+
+    def step_fn(step, u):
+        step_key = jax.random.fold_in(jax.random.key(key), step)
+        if method == "gradient":
+            keys = _replica_keys(step_key, seeds, replicas)
+            value, grad, problems_ = grad_step(flat, u, keys, taus[step])
+            bad[0] += int(jnp.sum(problems_))
+            return value, grad
+
+        def evaluate(points):
+            r = simulate(points, jobs=es_jobs or jobs, replicas=replicas, key=0,
+                         on_overflow="ignore")
+            return objective_value(r, terms), np.sum(r.overflow) + np.sum(r.unfinished)
+        value, grad, problems_ = _es_step(problems, u, step_key, evaluate, pairs=es_pairs,
+                                          sigma=es_sigma)
+        bad[0] += int(problems_)
+        return value, grad
+
+    u, trace_obj, trace_u = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
+                                      step_fn, progress)
+    tuned = with_values(system, names, [v.reshape(shape) for v in problems.values(u)])
+    hard = simulate(_fresh_seeds(tuned), jobs=eval_jobs, replicas=eval_replicas, key=key + 1,
+                    on_overflow="ignore")
+    return _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad[0], method, start)
+
+
+def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float = 0.1,
+             optimizer: optax.GradientTransformation | None = None,
+             objective="latency_mean", scales: dict | None = None, requests: int = 1000,
+             replicas: int = 2, es_pairs: int = 4, es_sigma: float = 0.1,
+             eval_requests: int = 2000, eval_replicas: int = 4, slots: int | None = None,
+             ttft_slo: float = math.inf, tpot_slo: float = math.inf, key: int = 0,
+             progress: Callable[[int, int], None] | None = None) -> TuneResult:
+    """Learn `names` for every configuration of the LLMSystem `system` on `workload` (an
+    LLMWorkload) by evolution strategies on the exact LLM engine; `hard` is the learned
+    policies' LLMResult on eval_requests x eval_replicas fresh requests."""
+    from jaxq.llm.simulate import LLMSystem, _batch_shape
+    from jaxq.llm.simulate import simulate as simulate_llm
+    from jaxq.llm.workloads import LLMWorkload
+
+    if not isinstance(system, LLMSystem):
+        raise TypeError(f"system must be a jaxq.llm.LLMSystem, got {type(system).__name__}")
+    if not isinstance(workload, LLMWorkload):
+        raise TypeError("workload must be a synthetic jaxq.llm.LLMWorkload (a trace has one "
+                        f"sample of requests, nothing to draw fresh ones from), got "
+                        f"{type(workload).__name__}")
+    names = check_names(system, names)
+    scales = check_scales(names, scales)
+    terms = parse_objective(objective, LLM_OBJECTIVES)
+    _check(method="es", steps=steps, learning_rate=learning_rate, tau=(1.0, 1.0),
+           mode="forward", es_pairs=es_pairs, es_sigma=es_sigma)
+    for name, value, low in (("requests", requests, 2), ("replicas", replicas, 1),
+                             ("eval_requests", eval_requests, 2),
+                             ("eval_replicas", eval_replicas, 1)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    start = time.perf_counter()
+    shape = _batch_shape(system)
+    flat = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape).reshape(-1), system)
+    problems = _Problems(flat, shape, names, scales)
+    options = dict(slots=slots, ttft_slo=ttft_slo, tpot_slo=tpot_slo, on_overflow="ignore")
+    bad = [0]
+
+    def step_fn(step, u):
+        def evaluate(points):
+            r = simulate_llm(points, workload, requests=requests, replicas=replicas, key=0,
+                             **options)
+            return objective_value(r, terms), np.sum(r.overflow) + np.sum(r.unfinished)
+        value, grad, problems_ = _es_step(problems, u,
+                                          jax.random.fold_in(jax.random.key(key), step),
+                                          evaluate, pairs=es_pairs, sigma=es_sigma)
+        bad[0] += int(problems_)
+        return value, grad
+
+    u, trace_obj, trace_u = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
+                                      step_fn, progress)
+    tuned = with_values(system, names, [v.reshape(shape) for v in problems.values(u)])
+    hard = simulate_llm(_fresh_seeds(tuned), workload, requests=eval_requests,
+                        replicas=eval_replicas, key=key + 1, **options)
+    return _result(problems, u, trace_obj, trace_u, np.full(steps, np.nan), hard, terms,
+                   bad[0], "es", start)
+
+
+def _gradient_step(spec, terms, names, mode, scales):
     @jax.jit
     def step(flat, u, keys, tau):
-        return jax.vmap(lambda s, u, k: relaxed_gradient(spec, objective, s, names, u, k, tau,
-                                                         mode))(flat, u, keys)
+        return jax.vmap(lambda s, u, k: relaxed_gradient(spec, terms, s, names, u, k, tau, mode,
+                                                         scales))(flat, u, keys)
     return step
 
 
-def _es_step(flat, names, constraints, u, key, *, pairs, sigma, jobs, replicas, objective):
-    """(objective at u (b,), gradient estimate (b, P)) from 2 * pairs exact runs per
-    configuration, all with one seed per configuration and step (common random numbers)."""
+def _es_step(problems: _Problems, u, key, evaluate, *, pairs, sigma):
+    """(objective at u (b,), gradient estimate (b, P), problems) from 2 * pairs exact runs per
+    configuration, all with one seed per configuration and step (common random numbers).
+    evaluate: a batched system of shape (b, 2 pairs + 1) -> (its objectives (b, 2 pairs + 1),
+    the jobs its runs dropped or left unfinished)."""
     b, p = u.shape
     eps = jax.random.normal(jax.random.fold_in(key, 1), (b, pairs, p))
     points = jnp.concatenate([u[:, None] + sigma * eps, u[:, None] - sigma * eps,
                               u[:, None]], axis=1)  # (b, 2 pairs + 1, P)
     m = points.shape[1]
     grown = jax.tree_util.tree_map(
-        lambda a: jnp.broadcast_to(a[:, None], (b, m) + a.shape[1:]), flat)
+        lambda a: jnp.broadcast_to(a[:, None], (b, m) + a.shape[1:]), problems.flat)
     step_seed = jax.random.randint(jax.random.fold_in(key, 2), (), 0, 2**30)
     grown = eqx.tree_at(lambda s: s.seed, grown, grown.seed + step_seed)
-    values = [_to_value(c, points[..., i]) for i, c in enumerate(constraints)]
-    result = simulate(with_values(grown, names, values), jobs=jobs, replicas=replicas, key=0,
-                      on_overflow="ignore")
-    f = jnp.asarray(getattr(result, objective))  # (b, m)
+    f, bad = evaluate(with_values(grown, problems.names, problems.values(points)))
+    f = jnp.asarray(f)
     diff = (f[:, :pairs] - f[:, pairs:2 * pairs]) / (2 * sigma)  # (b, pairs)
     grad = jnp.mean(diff[..., None] * eps, axis=1)
-    return f[:, -1], grad
+    return f[:, -1], grad, bad
 
 
-def _check(*, method, steps, learning_rate, tau, mode, objective, es_pairs, es_sigma):
+def _check(*, method, steps, learning_rate, tau, mode, es_pairs, es_sigma):
     if method not in ("gradient", "es"):
         raise ValueError(f"method must be 'gradient' or 'es', got {method!r}")
     if mode not in ("forward", "reverse"):
         raise ValueError(f"mode must be 'forward' or 'reverse', got {mode!r}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not learning_rate > 0:

@@ -1,8 +1,12 @@
-"""jaxq.tune and `jaxq tune queue`: the relaxed gradient points where the gradient-free estimate
-on the exact engine points, and tuning finds known optima within error."""
+"""jaxq.tune and `jaxq tune queue|llm`: the relaxed gradient points where the gradient-free
+estimate on the exact engine points, tuning finds known optima within error, and the LLM engine
+is tuned by evolution strategies."""
 
 import json
+import math
+import types
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +14,8 @@ import pytest
 
 import jaxq
 from jaxq import cli, theory, tune
+from jaxq.llm.simulate import LLMSystem, simulate
+from jaxq.policies import Aging
 from jaxq.relaxed import RelaxedSpec
 from jaxq.simulate import _replica_keys
 
@@ -24,13 +30,19 @@ def test_relaxed_gradient_agrees_with_evolution_strategies_on_the_exact_engine()
     u = jnp.asarray([0.5, 0.5, 0.0, 0.1])
     spec = RelaxedSpec(capacity=64, jobs=1000, warmup=100, steps=2000)
     keys = _replica_keys(jax.random.key(5), jnp.asarray([0]), 32)[0]
+    terms = tune.parse_objective("mean_response_time", tune.OBJECTIVES)
     _, relaxed, problems = jax.jit(lambda u, k: tune.relaxed_gradient(
-        spec, "mean_response_time", system, LINEAR, u, k, 0.1))(u, keys)
+        spec, terms, system, LINEAR, u, k, 0.1))(u, keys)
     assert int(problems) == 0
     flat = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (1,)), system.broadcast())
+    problems = tune._Problems(flat, (1,), LINEAR, (1.0,) * 4)
+
+    def evaluate(points):
+        r = jaxq.simulate(points, jobs=4000, replicas=8, on_overflow="ignore")
+        return r.mean_response_time, np.sum(r.overflow)
     estimates = np.stack([np.asarray(tune._es_step(
-        flat, LINEAR, ["real"] * 4, u[None], jax.random.key(100 + i), pairs=64, sigma=0.1,
-        jobs=4000, replicas=8, objective="mean_response_time")[1][0]) for i in range(3)])
+        problems, u[None], jax.random.key(100 + i), evaluate, pairs=64, sigma=0.1)[1][0])
+        for i in range(3)])
     es, se = estimates.mean(0), estimates.std(0, ddof=1) / np.sqrt(len(estimates))
     relaxed = np.asarray(relaxed)
     cosine = relaxed @ es / np.linalg.norm(relaxed) / np.linalg.norm(es)
@@ -121,4 +133,99 @@ def test_cli_json(capsys, monkeypatch):
     assert len(out["mean_response_time"]) == 2 and len(out["stderr"]) == 2
     assert len(out["trace"]["threshold"]) == 2 and len(out["trace"]["threshold"][0]) == 2
     assert cli.main(["tune", "queue", "--load", "0.5", "--tune", "c"]) == 2
+    assert "needs policy 'sprpt-limited'" in capsys.readouterr().err
+
+
+def test_objectives_are_weighted_mixes_with_goodput_maximised():
+    terms = tune.parse_objective("latency_p99:2, ttft_mean", tune.LLM_OBJECTIVES)
+    assert terms == (("latency_p99", 2.0), ("ttft_mean", 1.0))
+    assert tune.parse_objective({"goodput": 0.5}, tune.LLM_OBJECTIVES) == (("goodput", 0.5),)
+    result = types.SimpleNamespace(latency_p99=np.array([10.0, 20.0]),
+                                   ttft_mean=np.array([1.0, 3.0]), goodput=np.array([4.0, 2.0]))
+    np.testing.assert_array_equal(tune.objective_value(result, terms), [21.0, 43.0])
+    np.testing.assert_array_equal(
+        tune.objective_value(result, (("goodput", 0.5), ("ttft_mean", 1.0))), [-1.0, 2.0])
+    for bad, words in (("latency_p98", "latency_p99"), ("ttft_mean:0", "> 0"),
+                       ("ttft_mean:x", "must be a number"), ("ttft_mean,ttft_mean", "once")):
+        with pytest.raises(ValueError, match=words):
+            tune.parse_objective(bad, tune.LLM_OBJECTIVES)
+    with pytest.raises(ValueError, match="mean_response_time, mean_slowdown, p99"):
+        tune.parse_objective("latency_mean", tune.OBJECTIVES)
+
+
+def test_scales_set_the_unit_of_a_step():
+    for constraint, value in (("positive", 37.0), ("real", -12.0), ("unit", 0.3)):
+        scale = 1.0 if constraint == "unit" else 20.0
+        u = tune._to_u(constraint, value, scale)
+        assert math.isclose(float(tune._to_value(constraint, u, scale)), value, rel_tol=1e-6)
+    assert math.isclose(float(tune._to_u("real", -12.0, 20.0)), -0.6)
+    assert tune.check_scales(["aging", "c"], {"aging": 20}) == (20.0, 1.0)
+    for scales, words in (({"c": 2.0}, "takes no scale"), ({"aging": 0.0}, "> 0"),
+                          ({"threshold": 1.0}, "not tuned")):
+        with pytest.raises(ValueError, match=words):
+            tune.check_scales(["aging", "c"], scales)
+
+
+def _small_llm(policy, sigma=0.5):
+    """An engine small enough for a test, under memory pressure at 6 requests/s."""
+    workload = jaxq.llm.WORKLOADS["azure-conversation"](rate=6.0, max_tokens=6000)
+    system = LLMSystem(policy, jaxq.LognormalNoise(sigma), kv_capacity=12_000,
+                       preemption="swap", host_capacity=6_000, iter_base=0.01,
+                       iter_per_prefill_token=2e-5, iter_per_decode_seq=1e-4,
+                       iter_per_kv_token=1e-7)
+    return system, workload
+
+
+def test_llm_tuning_by_evolution_strategies_leaves_a_bad_start():
+    """Longest predicted remaining first (w_remaining < 0, plus a fcfs term) is a bad rank for
+    mean latency: ES on the exact LLM engine raises w_remaining, and the tuned policy's mean
+    latency on fresh seeds is below the start's by more than 3 standard errors."""
+    start = jaxq.Linear(0.0, -0.5, 0.0, -1.0)
+    system, workload = _small_llm(start)
+    r = tune.tune_llm(system, workload, ["w_remaining"], steps=10, learning_rate=0.3,
+                      objective="latency_mean", requests=300, replicas=2, es_pairs=4,
+                      eval_requests=600, eval_replicas=6)
+    before = simulate(eqx.tree_at(lambda s: s.seed, system, system.seed + 1_000_003), workload,
+                      requests=600, replicas=6, key=1)
+    moved = float(r.values["w_remaining"])
+    assert moved > -0.5 + 1.0, r.trace_values["w_remaining"]
+    gap = float(before.latency_mean - r.hard.latency_mean)
+    se = math.hypot(float(before.latency_stderr), float(r.hard.latency_stderr))
+    assert gap > 3 * se, (moved, float(before.latency_mean), float(r.hard.latency_mean), se)
+    assert r.problems == 0 and math.isclose(float(r.objective), float(r.hard.latency_mean))
+
+
+def test_llm_tuning_problems_side_by_side_and_reproducible():
+    system, workload = _small_llm(Aging(jaxq.SPRPTLimited(0.5), 1.0), jnp.array([0.5, 1.5]))
+    kw = dict(steps=2, requests=60, replicas=1, es_pairs=2, eval_requests=60, eval_replicas=1,
+              objective="latency_p99:1,goodput:0.5", scales={"aging": 10.0})
+    r = tune.tune_llm(system, workload, ["c", "aging"], **kw)
+    assert r.values["aging"].shape == (2,) and r.trace_values["c"].shape == (2, 2)
+    np.testing.assert_allclose(r.trace_values["aging"][0], 1.0, rtol=1e-5)
+    np.testing.assert_allclose(r.objective, r.hard.latency_p99 - 0.5 * r.hard.goodput,
+                               rtol=1e-6)
+    again = tune.tune_llm(system, workload, ["c", "aging"], **kw)
+    np.testing.assert_array_equal(again.values["c"], r.values["c"])
+    with pytest.raises(ValueError, match="needs policy 'onebit'"):
+        tune.tune_llm(system, workload, ["threshold"])
+    with pytest.raises(TypeError, match="LLMWorkload"):
+        tune.tune_llm(system, None, ["c"])
+
+
+def test_cli_llm_json(capsys, monkeypatch):
+    monkeypatch.setenv("JAXQ_COMPILATION_CACHE", "")
+    code = cli.main(["tune", "llm", "--workload", "azure-conversation", "--rate", "6",
+                     "--max-model-len", "6000", "--kv-capacity", "12000", "--policy",
+                     "sprpt-limited", "--aging", "2", "--predictor", "lognormal", "--sigma",
+                     "0.5,1.0", "--tune", "c,aging:10", "--objective", "latency_p99",
+                     "--optimizer", "sgd", "--lr", "0.01", "--steps", "2", "--tune-requests",
+                     "60", "--tune-replicas", "1", "--es-pairs", "2", "--requests", "60",
+                     "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["engine"] == "llm" and out["method"] == "es"
+    assert out["sigma"] == [0.5, 1.0] and len(out["c"]) == 2 and len(out["aging"]) == 2
+    assert out["objective_value"] == out["latency_p99"]
+    assert len(out["trace"]["aging"][0]) == 2 and out["trace"]["aging"][0][0] == pytest.approx(2)
+    assert cli.main(["tune", "llm", "--workload", "azure-conversation", "--policy", "fcfs",
+                     "--tune", "c"]) == 2
     assert "needs policy 'sprpt-limited'" in capsys.readouterr().err
