@@ -86,10 +86,19 @@ def p99_per_replica(result, objective):
     return per.mean(-1), per.std(-1, ddof=1) / np.sqrt(per.shape[-1])
 
 
+WORKLOAD_OPTIONS = ("rate", "sigma", "max_model_len", "objective", "seed", "search_requests")
+STAGE_OPTIONS = {  # what each stage's result depends on: a rerun that changes nothing of it reuses it
+    "grid": WORKLOAD_OPTIONS + ("grid_c", "grid_aging", "search_replicas"),
+    "es": WORKLOAD_OPTIONS + ("tune_replicas", "steps", "lr", "es_pairs", "aging_scale"),
+}
+
+
 def stage(args, name, compute):
-    """compute()'s JSON-able result, cached in DIR/stage-NAME-HASH.json for these options."""
-    key = hashlib.sha256(json.dumps({k: v for k, v in sorted(vars(args).items())
-                                     if k != "out"}).encode()).hexdigest()[:12]
+    """compute()'s JSON-able result, cached in DIR/stage-NAME-HASH.json for the options it
+    depends on (the eval stage: all of them)."""
+    used = STAGE_OPTIONS.get(name, tuple(k for k in vars(args) if k != "out"))
+    key = hashlib.sha256(json.dumps({k: getattr(args, k) for k in sorted(used)}).encode()
+                         ).hexdigest()[:12]
     path = os.path.join(args.out, f"stage-{name}-{key}.json")
     if os.path.exists(path):
         print(f"{name}: reusing {path}", file=sys.stderr)

@@ -1,0 +1,142 @@
+"""The relaxed gradient's bias against temperature, and what tuning by gradient costs against the
+gradient-free baseline, on a problem whose answer is known in closed form.
+
+The problem: non-preemptive onebit on M/M/1 with exponential prediction noise (jaxq.theory gives
+the mean response time for every threshold T, and the optimum).
+
+1. Bias vs tau, at load 0.6 and T in {0.3, 1.5}: the relaxed engine's mean response time and its
+   pathwise derivative dE[T]/dT (forward mode, 64 runs of 1,000 jobs from an empty system, mean
+   +- standard error across runs). The value is compared with the same runs at tau = 1e-6,
+   which is the exact engine (tests/test_relaxed.py), so that the runs' start from empty is not
+   counted as bias; the slope with the closed form's central difference (h = 1e-4).
+2. Time to objective, at load 0.6 from T = 0.3: `jaxq.tune.tune` by gradient and by evolution
+   strategies (the baseline), the same number of steps each; after every step the current T's
+   exact mean response time (theory, so no measurement noise enters) is compared with the
+   optimum. Reported: seconds (compilation included) and steps until it is within 1% of the
+   optimum and stays there, and the ratio gradient / baseline.
+
+    python scripts/bench_tune.py             # a few minutes on 2 cores
+    python scripts/bench_tune.py --quick     # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+from _machine import cores, cpu_model  # scripts/, beside this file
+
+LOAD = 0.6
+
+
+def problem():
+    import jaxq
+
+    return jaxq.Exponential(), jaxq.ExponentialNoise()
+
+
+def bias_table(args):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxq
+    from jaxq import theory, tune
+    from jaxq.relaxed import RelaxedSpec
+    from jaxq.simulate import _replica_keys
+
+    service, predictor = problem()
+    spec = RelaxedSpec(capacity=64, jobs=args.jobs, warmup=args.jobs // 10, steps=2 * args.jobs)
+    terms = (("mean_response_time", 1.0),)
+    rows = []
+    for t in (0.3, 1.5):
+        exact = theory.mean_response_time(jaxq.OneBit(t), service, predictor, LOAD)
+        h = 1e-4
+        slope = (theory.mean_response_time(jaxq.OneBit(t + h), service, predictor, LOAD)
+                 - theory.mean_response_time(jaxq.OneBit(t - h), service, predictor, LOAD)) / (2 * h)
+        system = jaxq.System(LOAD, service, predictor, jaxq.OneBit(t))
+        keys = _replica_keys(jax.random.key(11), jnp.asarray([0]), args.runs)[0]
+        hard = None
+        for tau in [1e-6] + args.taus:
+            # One run per call: the spread across runs gives the standard errors.
+            # The tuner's coordinate u (T = softplus(u)); dE/dT = dE/du / sigmoid(u).
+            u = float(tune._to_u("positive", t))
+            per_run = jax.jit(jax.vmap(lambda k, tau=tau: tune.relaxed_gradient(
+                spec, terms, system, ["threshold"], jnp.asarray([u]), k[None], tau)[:2]))
+            value, grad = per_run(keys)
+            value = np.asarray(value)
+            grad = np.asarray(grad)[:, 0] / float(jax.nn.sigmoid(u))
+            if hard is None:
+                hard = value
+                continue
+            bias = value - hard  # paired: the same runs
+            se = lambda x: x.std(ddof=1) / np.sqrt(len(x))  # noqa: E731
+            rows.append(dict(T=t, tau=tau, relaxed=float(value.mean()),
+                             exact_engine=float(hard.mean()), bias=float(bias.mean()),
+                             bias_se=float(se(bias)), theory=float(exact),
+                             slope=float(grad.mean()), slope_se=float(se(grad)),
+                             theory_slope=float(slope)))
+            print(f"T={t:<4g} tau={tau:<6g} E[T]: relaxed {value.mean():.4f}, exact engine "
+                  f"{hard.mean():.4f}, bias {bias.mean():+.4f} +- {se(bias):.4f} (theory "
+                  f"{exact:.4f}) | dE/dT: relaxed {grad.mean():+.4f} +- {se(grad):.4f}, theory "
+                  f"{slope:+.4f}", flush=True)
+    return rows
+
+
+def time_to_objective(args):
+    import numpy as np
+
+    import jaxq
+    from jaxq import theory, tune
+
+    service, predictor = problem()
+    best_t, best = theory.optimal_onebit_threshold(service, predictor, LOAD, False)
+    out = {}
+    for method in ("es", "gradient"):  # the baseline first
+        stamps = []
+        start = time.perf_counter()
+        r = tune.tune(jaxq.System(LOAD, service, predictor, jaxq.OneBit(0.3)), ["threshold"],
+                      method=method, steps=args.steps, learning_rate=0.1, tau=(0.1, 0.005),
+                      jobs=400, replicas=16, eval_jobs=1000, eval_replicas=2,
+                      progress=lambda done, total: stamps.append(time.perf_counter() - start))
+        exact = np.array([theory.mean_response_time(jaxq.OneBit(float(t)), service, predictor,
+                                                    LOAD)
+                          for t in r.trace_values["threshold"]])
+        # Step s's trace holds T before its update; T after the last update is r.values.
+        after = np.append(exact[1:], theory.mean_response_time(
+            jaxq.OneBit(float(r.values["threshold"])), service, predictor, LOAD))
+        within = after <= best * 1.01
+        reached = next((i for i in range(len(within)) if within[i:].all()), None)
+        out[method] = dict(steps=None if reached is None else reached + 1,
+                           seconds=None if reached is None else stamps[reached],
+                           final_t=float(r.values["threshold"]), final=float(after[-1]),
+                           total_seconds=stamps[-1])
+        print(f"{method:8s}: within 1% of the optimum after "
+              f"{out[method]['steps']} steps, {out[method]['seconds']} s; final T "
+              f"{out[method]['final_t']:.3f} (optimum {best_t:.3f}), E[T] "
+              f"{out[method]['final']:.4f} (optimum {best:.4f})", flush=True)
+    es, grad = out["es"]["seconds"], out["gradient"]["seconds"]
+    out["ratio"] = None if es is None or grad is None else grad / es
+    out["optimum"] = dict(T=best_t, mean_response_time=best)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    args.taus = [1.0, 0.3, 0.1, 0.03, 0.01] if not args.quick else [0.1]
+    args.jobs, args.runs = (1000, 64) if not args.quick else (200, 4)
+    args.steps = 60 if not args.quick else 3
+    print(f"{cpu_model()}, {cores()} cores, {platform.python_version()}")
+    rows = bias_table(args)
+    cost = time_to_objective(args)
+    if cost["ratio"] is not None:
+        print(f"time to 1% of the optimum, gradient / evolution strategies: {cost['ratio']:.2f}")
+    print(json.dumps({"bias": rows, "cost": cost}))
+
+
+if __name__ == "__main__":
+    main()
