@@ -2,8 +2,14 @@
 engine tests switch to float64 locally, with `jax.enable_x64(True)`)."""
 
 import importlib
+import os
 
 import pytest
+
+# `jaxq` commands keep compiled programs in ~/.cache/jaxq/xla; a test calling cli.main would
+# otherwise switch that cache on for the rest of the session, sharing it with other processes on
+# the machine (a clean-clone run crashed reading an entry there). Tests compile afresh.
+os.environ["JAXQ_COMPILATION_CACHE"] = ""
 
 
 @pytest.fixture
