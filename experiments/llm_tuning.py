@@ -229,9 +229,9 @@ def plot(args, grid, tuned, path):
     fig.suptitle(f"sprpt-limited + aging tuned for {args.objective}: azure-conversation "
                  f"{args.rate:g}/s, swap, sigma {args.sigma:g}")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=120)
-    os.replace(tmp, path)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=120)
+    write_atomic(path, image.getvalue())
     return True
 
 

@@ -259,20 +259,22 @@ class _Problems:
 
 
 def _optimise(problems: _Problems, opt, steps, step_fn, progress):
-    """(final u, objectives (steps, b), u (steps, b, P)): `steps` optimiser steps, step_fn(step,
-    u) -> (objective (b,), gradient (b, P)) giving the direction at each."""
+    """(final u, objectives (steps, b), u (steps, b, P), jobs dropped or unfinished): `steps`
+    optimiser steps, step_fn(step, u) -> (objective (b,), gradient (b, P), dropped or
+    unfinished jobs) giving the direction at each."""
     u = problems.u0
     opt_state = opt.init(u)
-    trace_obj, trace_u = [], []
+    trace_obj, trace_u, bad = [], [], 0
     for step in range(steps):
-        value, grad = step_fn(step, u)
+        value, grad, step_bad = step_fn(step, u)
+        bad += int(np.sum(step_bad))
         trace_obj.append(np.asarray(value))
         trace_u.append(np.asarray(u))
         updates, opt_state = opt.update(grad, opt_state, u)
         u = optax.apply_updates(u, updates)
         if progress:
             progress(step + 1, steps)
-    return u, np.stack(trace_obj), np.stack(trace_u)
+    return u, np.stack(trace_obj), np.stack(trace_u), bad
 
 
 def _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad, method, start):
@@ -322,31 +324,24 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
     seeds = jnp.asarray(flat.seed).reshape(-1)
     taus = np.geomspace(tau[0], tau[1], steps) if method == "gradient" else np.full(steps, np.nan)
     grad_step = _gradient_step(spec, terms, names, mode, scales)
-    bad = [0]
+
+    def evaluate(points):
+        r = simulate(points, jobs=es_jobs or jobs, replicas=replicas, key=0,
+                     on_overflow="ignore")
+        return objective_value(r, terms), np.sum(r.overflow) + np.sum(r.unfinished)
 
     def step_fn(step, u):
         step_key = jax.random.fold_in(jax.random.key(key), step)
         if method == "gradient":
-            keys = _replica_keys(step_key, seeds, replicas)
-            value, grad, problems_ = grad_step(flat, u, keys, taus[step])
-            bad[0] += int(jnp.sum(problems_))
-            return value, grad
+            return grad_step(flat, u, _replica_keys(step_key, seeds, replicas), taus[step])
+        return _es_step(problems, u, step_key, evaluate, pairs=es_pairs, sigma=es_sigma)
 
-        def evaluate(points):
-            r = simulate(points, jobs=es_jobs or jobs, replicas=replicas, key=0,
-                         on_overflow="ignore")
-            return objective_value(r, terms), np.sum(r.overflow) + np.sum(r.unfinished)
-        value, grad, problems_ = _es_step(problems, u, step_key, evaluate, pairs=es_pairs,
-                                          sigma=es_sigma)
-        bad[0] += int(problems_)
-        return value, grad
-
-    u, trace_obj, trace_u = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
+    u, trace_obj, trace_u, bad = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
                                       step_fn, progress)
     tuned = with_values(system, names, [v.reshape(shape) for v in problems.values(u)])
     hard = simulate(_fresh_seeds(tuned), jobs=eval_jobs, replicas=eval_replicas, key=key + 1,
                     on_overflow="ignore")
-    return _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad[0], method, start)
+    return _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad, method, start)
 
 
 def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float = 0.1,
@@ -359,7 +354,7 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
     """Learn `names` for every configuration of the LLMSystem `system` on `workload` (an
     LLMWorkload) by evolution strategies on the exact LLM engine; `hard` is the learned
     policies' LLMResult on eval_requests x eval_replicas fresh requests."""
-    from jaxq.llm.simulate import LLMSystem, _batch_shape
+    from jaxq.llm.simulate import LLMSystem, _batch_shape, _check_count
     from jaxq.llm.simulate import simulate as simulate_llm
     from jaxq.llm.workloads import LLMWorkload
 
@@ -377,33 +372,29 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
     for name, value, low in (("requests", requests, 2), ("replicas", replicas, 1),
                              ("eval_requests", eval_requests, 2),
                              ("eval_replicas", eval_replicas, 1)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        _check_count(name, value, low)  # all before the first step, eval_* included
     start = time.perf_counter()
     shape = _batch_shape(system)
     flat = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape).reshape(-1), system)
     problems = _Problems(flat, shape, names, scales)
     options = dict(slots=slots, ttft_slo=ttft_slo, tpot_slo=tpot_slo, on_overflow="ignore")
-    bad = [0]
+
+    def evaluate(points):
+        r = simulate_llm(points, workload, requests=requests, replicas=replicas, key=0,
+                         **options)
+        return objective_value(r, terms), np.sum(r.overflow) + np.sum(r.unfinished)
 
     def step_fn(step, u):
-        def evaluate(points):
-            r = simulate_llm(points, workload, requests=requests, replicas=replicas, key=0,
-                             **options)
-            return objective_value(r, terms), np.sum(r.overflow) + np.sum(r.unfinished)
-        value, grad, problems_ = _es_step(problems, u,
-                                          jax.random.fold_in(jax.random.key(key), step),
-                                          evaluate, pairs=es_pairs, sigma=es_sigma)
-        bad[0] += int(problems_)
-        return value, grad
+        return _es_step(problems, u, jax.random.fold_in(jax.random.key(key), step), evaluate,
+                        pairs=es_pairs, sigma=es_sigma)
 
-    u, trace_obj, trace_u = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
+    u, trace_obj, trace_u, bad = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
                                       step_fn, progress)
     tuned = with_values(system, names, [v.reshape(shape) for v in problems.values(u)])
     hard = simulate_llm(_fresh_seeds(tuned), workload, requests=eval_requests,
                         replicas=eval_replicas, key=key + 1, **options)
-    return _result(problems, u, trace_obj, trace_u, np.full(steps, np.nan), hard, terms,
-                   bad[0], "es", start)
+    return _result(problems, u, trace_obj, trace_u, np.full(steps, np.nan), hard, terms, bad,
+                   "es", start)
 
 
 def _gradient_step(spec, terms, names, mode, scales):

@@ -96,8 +96,8 @@ def _floats(name, text) -> list[float]:
 
 
 def _problems(args, build, axes):
-    """(one batched system, the values of `axes` of each problem, whatever else `build`
-    returns): one problem per element of the product of the axes' lists."""
+    """(one batched system, the values of `axes` of each problem, the workload): one problem per
+    element of the product of the axes' lists; build(args) -> (system, workload or None)."""
     from jaxq.sweep.engines import stack
 
     points = list(itertools.product(*(_floats(a, getattr(args, a)) for a in axes)))
@@ -107,9 +107,7 @@ def _problems(args, build, axes):
         for a, v in zip(axes, point):
             setattr(one, a, v)
         built.append(build(one))
-    systems = [b[0] if isinstance(b, tuple) else b for b in built]
-    extra = built[0][1] if isinstance(built[0], tuple) else None
-    return stack(systems), points, extra
+    return stack([system for system, _ in built]), points, built[0][1]
 
 
 def _names_and_scales(text) -> tuple[list[str], dict]:
@@ -148,7 +146,8 @@ def cmd_tune(args) -> dict:
     if args.engine == "queue":
         from jaxq.cli import build_system
 
-        system, points, _ = _problems(args, build_system, ("load", "sigma"))
+        system, points, _ = _problems(args, lambda a: (build_system(a), None),
+                                      ("load", "sigma"))
         r = tune.tune(system, names, method=args.method, tau=_tau(args.tau),
                       jobs=args.tune_jobs, capacity=args.tune_capacity, mode=args.mode,
                       eval_jobs=args.jobs, eval_replicas=args.replicas, **common)

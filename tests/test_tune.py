@@ -35,13 +35,13 @@ def test_relaxed_gradient_agrees_with_evolution_strategies_on_the_exact_engine()
         spec, terms, system, LINEAR, u, k, 0.1))(u, keys)
     assert int(problems) == 0
     flat = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (1,)), system.broadcast())
-    problems = tune._Problems(flat, (1,), LINEAR, (1.0,) * 4)
+    batch = tune._Problems(flat, (1,), LINEAR, (1.0,) * 4)
 
     def evaluate(points):
         r = jaxq.simulate(points, jobs=4000, replicas=8, on_overflow="ignore")
         return r.mean_response_time, np.sum(r.overflow)
     estimates = np.stack([np.asarray(tune._es_step(
-        problems, u[None], jax.random.key(100 + i), evaluate, pairs=64, sigma=0.1)[1][0])
+        batch, u[None], jax.random.key(100 + i), evaluate, pairs=64, sigma=0.1)[1][0])
         for i in range(3)])
     es, se = estimates.mean(0), estimates.std(0, ddof=1) / np.sqrt(len(estimates))
     relaxed = np.asarray(relaxed)
