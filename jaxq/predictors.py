@@ -26,6 +26,11 @@ class Predictor(eqx.Module):
     def multiplier(self, key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         raise NotImplementedError
 
+    def multiplier_density(self, m: jax.Array) -> jax.Array:
+        """The density of the multiplier y / x at m (jaxq.spa needs it); none for perfect
+        predictions."""
+        raise NotImplementedError(f"predictor {self.name!r} has no multiplier density")
+
 
 class Perfect(Predictor):
     """y = x."""
@@ -44,6 +49,9 @@ class ExponentialNoise(Predictor):
     def multiplier(self, key, shape):
         return jax.random.exponential(key, shape)
 
+    def multiplier_density(self, m):
+        return jnp.where(m >= 0, jnp.exp(-m), 0.0)
+
 
 class UniformNoise(Predictor):
     """y | x ~ Uniform[(1 - alpha) x, (1 + alpha) x], alpha in [0, 1)."""
@@ -60,6 +68,10 @@ class UniformNoise(Predictor):
     def multiplier(self, key, shape):
         return 1.0 + self.alpha * jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
 
+    def multiplier_density(self, m):
+        inside = jnp.abs(m - 1.0) <= self.alpha
+        return jnp.where(inside, 0.5 / self.alpha, 0.0)  # alpha > 0: jaxq.spa checks
+
 
 class LognormalNoise(Predictor):
     """y = x * exp(sigma Z), Z standard normal (median-unbiased; sigma = 0 is perfect)."""
@@ -75,6 +87,11 @@ class LognormalNoise(Predictor):
 
     def multiplier(self, key, shape):
         return jnp.exp(self.sigma * jax.random.normal(key, shape))
+
+    def multiplier_density(self, m):
+        # sigma > 0 (jaxq.spa checks); m > 0 always, as m = T / x with T, x > 0
+        z = jnp.log(m) / self.sigma
+        return jnp.exp(-0.5 * z * z) / (self.sigma * m * jnp.sqrt(2.0 * jnp.pi))
 
 
 PREDICTORS: dict[str, type[Predictor]] = {

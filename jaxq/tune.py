@@ -1,8 +1,9 @@
 """Tuning a policy's parameters: by gradient through the relaxed queue engine (jaxq.relaxed), or
 by a gradient-free baseline on the exact queue or LLM engine, with one API.
 
-    result = jaxq.tune.tune(jaxq.System(load=[0.5, 0.7, 0.9], policy=jaxq.OneBit(1.0)),
-                            ["threshold"], steps=100)
+    system = jaxq.System(load=[0.5, 0.7, 0.9], predictor=jaxq.ExponentialNoise(),
+                         policy=jaxq.OneBit(1.0))
+    result = jaxq.tune.tune(system, ["threshold"], method="spa", steps=60, learning_rate=0.1)
     result.values["threshold"]           # (3,) the learned threshold of each load
     result.hard.mean_response_time       # (3,) measured with the exact engine on fresh seeds
 
@@ -18,11 +19,14 @@ Methods:
 * "gradient": optax on the pathwise gradient of the relaxed engine's objective, at a
   temperature that falls geometrically from tau[0] to tau[1]; forward mode (jax.jacfwd, cheap
   for a few parameters) or reverse mode with checkpointed steps (for many).
+* "spa": the onebit threshold only: optax on an unbiased estimate of the exact engine's
+  derivative, from runs with one job's class flipped (smoothed perturbation analysis, jaxq.spa);
+  `spa_flips` flips per replica and step.
 * "es": Gaussian smoothing on the exact engine with antithetic pairs and common random numbers:
   g = mean_k (f(u + s e_k) - f(u - s e_k)) / (2 s) e_k, e_k ~ N(0, I). It estimates the gradient
   of the smoothed exact objective without bias, which is what the gradient method is checked
   against.
-Each step draws fresh jobs (seeds folded with the step), so both are stochastic gradient methods.
+Each step draws fresh jobs (seeds folded with the step), so all three are stochastic gradient methods.
 
 The objective is one metric or a weighted mix, "latency_p99" or "latency_p99:1,ttft_mean:0.5"
 (or a dict {name: weight}); a metric to be maximised (goodput) enters with a minus sign. The LLM
@@ -45,6 +49,7 @@ import optax
 from jaxq.policies import Aging, Linear, OneBit, SPRPTLimited, without_aging
 from jaxq.relaxed import RelaxedSpec, run_one
 from jaxq.simulate import _replica_keys, sample_chunk, simulate
+from jaxq.spa import check_spa, run_spec, threshold_derivative
 from jaxq.system import System
 
 OBJECTIVES = ("mean_response_time", "mean_slowdown", "p99")  # queue: jaxq.simulate.Result
@@ -52,6 +57,7 @@ LLM_OBJECTIVES = ("latency_mean", "latency_p90", "latency_p99", "ttft_mean", "tt
                   "tpot_mean", "tpot_p99", "latency_per_token_mean", "latency_per_token_p99",
                   "goodput")  # jaxq.llm.LLMResult
 MAXIMISED = ("goodput",)
+METHODS = ("gradient", "spa", "es")
 OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop}
 
 
@@ -233,7 +239,7 @@ class TuneResult:
     objective: np.ndarray  # S, the objective of `hard` (objective_value)
     trace_objective: np.ndarray  # (steps,) + S: the objective the method saw at each step
     trace_values: dict  # name -> (steps,) + S
-    trace_tau: np.ndarray  # (steps,) temperature (NaN for es)
+    trace_tau: np.ndarray  # (steps,) temperature (NaN for spa and es)
     problems: int  # jobs dropped or left unfinished in the runs the optimiser saw (relaxed or
     #   exact), over all steps (0: none)
     method: str
@@ -299,7 +305,8 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
          tau: tuple[float, float] = (0.3, 0.03), jobs: int = 500, warmup: int | None = None,
          replicas: int = 16, capacity: int = 64, mode: str = "forward",
          objective="mean_response_time", scales: dict | None = None, es_pairs: int = 8,
-         es_sigma: float = 0.1, es_jobs: int | None = None, eval_jobs: int = 20_000,
+         es_sigma: float = 0.1, es_jobs: int | None = None, spa_flips: int = 8,
+         eval_jobs: int = 20_000,
          eval_replicas: int = 8, key: int = 0,
          progress: Callable[[int, int], None] | None = None) -> TuneResult:
     """Learn `names` for every configuration of the queue `system`; see the module docstring.
@@ -312,6 +319,10 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
     terms = parse_objective(objective, OBJECTIVES)
     _check(method=method, steps=steps, learning_rate=learning_rate, tau=tau, mode=mode,
            es_pairs=es_pairs, es_sigma=es_sigma)
+    if method == "spa":
+        check_spa(system, names, terms)
+        if not isinstance(spa_flips, int) or spa_flips < 1:
+            raise ValueError(f"spa_flips must be an integer >= 1, got {spa_flips!r}")
     start = time.perf_counter()
     system = system.broadcast()
     shape = system.batch_shape
@@ -324,6 +335,7 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
     seeds = jnp.asarray(flat.seed).reshape(-1)
     taus = np.geomspace(tau[0], tau[1], steps) if method == "gradient" else np.full(steps, np.nan)
     grad_step = _gradient_step(spec, terms, names, mode, scales)
+    spa_step = _spa_step(run_spec(jobs, warmup, capacity), terms, spa_flips)
 
     def evaluate(points):
         r = simulate(points, jobs=es_jobs or jobs, replicas=replicas, key=0,
@@ -334,6 +346,13 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
         step_key = jax.random.fold_in(jax.random.key(key), step)
         if method == "gradient":
             return grad_step(flat, u, _replica_keys(step_key, seeds, replicas), taus[step])
+        if method == "spa":
+            [threshold] = problems.values(u)
+            value, d_threshold, bad = spa_step(with_values(flat, names, [threshold]),
+                                               _replica_keys(step_key, seeds, replicas),
+                                               jax.random.fold_in(step_key, 1))
+            # threshold = scale * softplus(u): d threshold / du = scale * sigmoid(u)
+            return value, (d_threshold * scales[0] * jax.nn.sigmoid(u[:, 0]))[:, None], bad
         return _es_step(problems, u, step_key, evaluate, pairs=es_pairs, sigma=es_sigma)
 
     u, trace_obj, trace_u, bad = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
@@ -405,6 +424,11 @@ def _gradient_step(spec, terms, names, mode, scales):
     return step
 
 
+def _spa_step(spec, terms, flips):
+    return jax.jit(lambda flat, keys, flip_key: threshold_derivative(spec, terms, flat, keys,
+                                                                     flips, flip_key))
+
+
 def _es_step(problems: _Problems, u, key, evaluate, *, pairs, sigma):
     """(objective at u (b,), gradient estimate (b, P), problems) from 2 * pairs exact runs per
     configuration, all with one seed per configuration and step (common random numbers).
@@ -427,8 +451,8 @@ def _es_step(problems: _Problems, u, key, evaluate, *, pairs, sigma):
 
 
 def _check(*, method, steps, learning_rate, tau, mode, es_pairs, es_sigma):
-    if method not in ("gradient", "es"):
-        raise ValueError(f"method must be 'gradient' or 'es', got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if mode not in ("forward", "reverse"):
         raise ValueError(f"mode must be 'forward' or 'reverse', got {mode!r}")
     if not isinstance(steps, int) or steps < 1:

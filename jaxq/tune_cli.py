@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 TUNE_DEFAULTS = dict(steps=100, lr=0.05, tau="0.3:0.03", tune_jobs=500, tune_replicas=16,
-                     tune_capacity=64, es_pairs=8, es_sigma=0.1)
+                     tune_capacity=64, es_pairs=8, es_sigma=0.1, spa_flips=8)
 LLM_TUNE_DEFAULTS = dict(steps=30, lr=0.1, tune_requests=1000, tune_replicas=2, es_pairs=4,
                          es_sigma=0.1)
 
@@ -41,9 +41,12 @@ def add_tune_parser(sub):
     q.add_argument("--sigma", default="0.5",
                    help="lognormal predictor noise; a comma-separated list tunes each value")
     g = _add_common(q, TUNE_DEFAULTS, OBJECTIVES, "mean_response_time")
-    g.add_argument("--method", default="gradient", choices=("gradient", "es"),
-                   help="gradient: through the relaxed engine; es: evolution strategies on "
-                        "the exact engine")
+    g.add_argument("--method", default="gradient", choices=("gradient", "spa", "es"),
+                   help="gradient: through the relaxed engine; spa: the onebit threshold's "
+                        "derivative on the exact engine from runs with one job's class "
+                        "flipped; es: evolution strategies on the exact engine")
+    g.add_argument("--spa-flips", type=int, default=TUNE_DEFAULTS["spa_flips"],
+                   help="class flips per run and step (spa)")
     g.add_argument("--tau", default=TUNE_DEFAULTS["tau"],
                    help="temperature START:END, geometric over the steps (gradient)")
     g.add_argument("--mode", default="forward", choices=("forward", "reverse"),
@@ -150,6 +153,7 @@ def cmd_tune(args) -> dict:
                                       ("load", "sigma"))
         r = tune.tune(system, names, method=args.method, tau=_tau(args.tau),
                       jobs=args.tune_jobs, capacity=args.tune_capacity, mode=args.mode,
+                      spa_flips=args.spa_flips,
                       eval_jobs=args.jobs, eval_replicas=args.replicas, **common)
     else:
         from jaxq.llm.cli import build_llm_system

@@ -9,11 +9,13 @@ the mean response time for every threshold T, and the optimum).
    +- standard error across runs). The value is compared with the same runs at tau = 1e-6,
    which is the exact engine (tests/test_relaxed.py), so that the runs' start from empty is not
    counted as bias; the slope with the closed form's central difference (h = 1e-4).
-2. Time to objective, at load 0.6 from T = 0.3: `jaxq.tune.tune` by gradient and by evolution
-   strategies (the baseline), the same number of steps each; after every step the current T's
+   Beside it, the exact engine's derivative by class flips (method "spa", jaxq.spa), mean +-
+   standard error over estimates of 8 runs each.
+2. Time to objective, at load 0.6 from T = 0.3: `jaxq.tune.tune` by gradient, by class flips
+   and by evolution strategies (the baseline), the same number of steps each; after every step the current T's
    exact mean response time (theory, so no measurement noise enters) is compared with the
    optimum. Reported: seconds (compilation included) and steps until it is within 1% of the
-   optimum and stays there, and the ratio gradient / baseline.
+   optimum and stays there, and the ratio of each method to the baseline.
 
     python scripts/bench_tune.py             # a few minutes on 2 cores
     python scripts/bench_tune.py --quick     # smoke run
@@ -46,6 +48,7 @@ def bias_table(args):
     from jaxq import theory, tune
     from jaxq.relaxed import RelaxedSpec
     from jaxq.simulate import _replica_keys
+    from jaxq.spa import run_spec, threshold_derivative
 
     service, predictor = problem()
     spec = RelaxedSpec(capacity=64, jobs=args.jobs, warmup=args.jobs // 10, steps=2 * args.jobs)
@@ -82,6 +85,17 @@ def bias_table(args):
                   f"{hard.mean():.4f}, bias {bias.mean():+.4f} +- {se(bias):.4f} (theory "
                   f"{exact:.4f}) | dE/dT: relaxed {grad.mean():+.4f} +- {se(grad):.4f}, theory "
                   f"{slope:+.4f}", flush=True)
+        # The exact engine's derivative by class flips (jaxq.spa), on runs of as many jobs.
+        flat = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (1,)), system.broadcast())
+        spa = jax.jit(lambda keys, fkey: threshold_derivative(
+            run_spec(args.jobs, args.jobs // 10, 256), terms, flat, keys, 8, fkey))
+        grad = np.array([float(spa(_replica_keys(jax.random.key(11 + i), jnp.asarray([0]), 8),
+                                   jax.random.key(7 + i))[1][0])
+                         for i in range(max(2, args.runs // 8))])  # 8 runs per estimate
+        rows.append(dict(T=t, tau=None, method="spa", slope=float(grad.mean()),
+                         slope_se=float(se(grad)), theory_slope=float(slope)))
+        print(f"T={t:<4g} spa (8 flips per run, {8 * len(grad)} runs) dE/dT: "
+              f"{grad.mean():+.4f} +- {se(grad):.4f}, theory {slope:+.4f}", flush=True)
     return rows
 
 
@@ -94,7 +108,7 @@ def time_to_objective(args):
     service, predictor = problem()
     best_t, best = theory.optimal_onebit_threshold(service, predictor, LOAD, False)
     out = {}
-    for method in ("es", "gradient"):  # the baseline first
+    for method in ("es", "gradient", "spa"):  # the baseline first
         stamps = []
         start = time.perf_counter()
         r = tune.tune(jaxq.System(LOAD, service, predictor, jaxq.OneBit(0.3)), ["threshold"],
@@ -117,8 +131,10 @@ def time_to_objective(args):
               f"{out[method]['steps']} steps, {out[method]['seconds']} s; final T "
               f"{out[method]['final_t']:.3f} (optimum {best_t:.3f}), E[T] "
               f"{out[method]['final']:.4f} (optimum {best:.4f})", flush=True)
-    es, grad = out["es"]["seconds"], out["gradient"]["seconds"]
-    out["ratio"] = None if es is None or grad is None else grad / es
+    es = out["es"]["seconds"]
+    for method in ("gradient", "spa"):
+        mine = out[method]["seconds"]
+        out[method]["ratio"] = None if es is None or mine is None else mine / es
     out["optimum"] = dict(T=best_t, mean_response_time=best)
     return out
 
@@ -133,8 +149,10 @@ def main():
     print(f"{cpu_model()}, {cores()} cores, {platform.python_version()}")
     rows = bias_table(args)
     cost = time_to_objective(args)
-    if cost["ratio"] is not None:
-        print(f"time to 1% of the optimum, gradient / evolution strategies: {cost['ratio']:.2f}")
+    for method in ("gradient", "spa"):
+        ratio = cost[method]["ratio"]
+        print(f"time to 1% of the optimum, {method} / evolution strategies: "
+              f"{'never reached' if ratio is None else f'{ratio:.2f}'}")
     print(json.dumps({"bias": rows, "cost": cost}))
 
 

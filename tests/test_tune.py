@@ -56,7 +56,7 @@ def test_relaxed_gradient_agrees_with_evolution_strategies_on_the_exact_engine()
         "the relaxed dE/dT of a onebit threshold is mostly noise (scripts/bench_tune.py: "
         "-0.01 +- 0.16 at tau 0.03 against -0.27); with keys 0-3 the learned T is 0.34, 0.29, "
         "0.18, 1.10 for an optimum of 1.03"))),
-    ("es", 0.8, 0.05)])
+    ("spa", 0.6, 0.3), ("es", 0.8, 0.05)])
 def test_onebit_threshold_reaches_the_m_m_1_optimum(method, load, start_t):
     """M/M/1, exponential prediction noise, non-preemptive onebit starting away from the optimum:
     the learned policy's mean response time, measured on the exact engine with fresh seeds, is
