@@ -74,7 +74,9 @@ TUNABLE = {
     "aging": Tunable(Aging, "w", "positive"),
     **{w: Tunable(Linear, w, "real")
        for w in ("w_prediction", "w_remaining", "w_attained", "w_age")},
+    **{w: Tunable(Linear, w, "real") for w in ("w_prompt", "w_kv", "w_peak")},  # LLM only
 }
+REQUEST_WEIGHTS = ("w_prompt", "w_kv", "w_peak")  # read request features: LLM engine only
 
 
 def _to_value(constraint, u, scale=1.0):
@@ -315,6 +317,9 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
         raise TypeError(f"system must be a jaxq.System (tune_llm tunes an LLMSystem), got "
                         f"{type(system).__name__}")
     names = check_names(system, names)
+    if set(names) & set(REQUEST_WEIGHTS):
+        raise ValueError(f"{', '.join(REQUEST_WEIGHTS)} weigh request features: tune them with "
+                         f"tune_llm (jaxq tune llm), not in the queue engine")
     scales = check_scales(names, scales)
     terms = parse_objective(objective, OBJECTIVES)
     _check(method=method, steps=steps, learning_rate=learning_rate, tau=tau, mode=mode,

@@ -125,6 +125,11 @@ def test_bad_requests_are_refused_before_running(kwargs, words):
         assert w in str(err.value)
 
 
+def test_request_weights_are_tuned_in_the_llm_engine_only():
+    with pytest.raises(ValueError, match="tune_llm"):
+        tune.tune(jaxq.System(0.5, policy=jaxq.Linear()), ["w_prompt"], steps=1)
+
+
 def test_cli_json(capsys, monkeypatch):
     monkeypatch.setenv("JAXQ_COMPILATION_CACHE", "")
     code = cli.main(["tune", "queue", "--policy", "onebit", "--predictor", "lognormal",
