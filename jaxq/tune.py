@@ -26,7 +26,8 @@ Methods:
   g = mean_k (f(u + s e_k) - f(u - s e_k)) / (2 s) e_k, e_k ~ N(0, I). It estimates the gradient
   of the smoothed exact objective without bias, which is what the gradient method is checked
   against.
-Each step draws fresh jobs (seeds folded with the step), so all three are stochastic gradient methods.
+Each step draws fresh jobs (seeds folded with the step), so all three are stochastic gradient
+methods.
 
 The objective is one metric or a weighted mix, "latency_p99" or "latency_p99:1,ttft_mean:0.5"
 (or a dict {name: weight}); a metric to be maximised (goodput) enters with a minus sign. The LLM
@@ -58,6 +59,7 @@ LLM_OBJECTIVES = ("latency_mean", "latency_p90", "latency_p99", "ttft_mean", "tt
                   "goodput")  # jaxq.llm.LLMResult
 MAXIMISED = ("goodput",)
 METHODS = ("gradient", "spa", "es")
+REQUEST_WEIGHTS = ("w_prompt", "w_kv", "w_peak")  # read request features: LLM engine only
 OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop}
 
 
@@ -74,9 +76,8 @@ TUNABLE = {
     "aging": Tunable(Aging, "w", "positive"),
     **{w: Tunable(Linear, w, "real")
        for w in ("w_prediction", "w_remaining", "w_attained", "w_age")},
-    **{w: Tunable(Linear, w, "real") for w in ("w_prompt", "w_kv", "w_peak")},  # LLM only
+    **{w: Tunable(Linear, w, "real") for w in REQUEST_WEIGHTS},
 }
-REQUEST_WEIGHTS = ("w_prompt", "w_kv", "w_peak")  # read request features: LLM engine only
 
 
 def _to_value(constraint, u, scale=1.0):

@@ -12,9 +12,9 @@ the mean response time for every threshold T, and the optimum).
    Beside it, the exact engine's derivative by class flips (method "spa", jaxq.spa), mean +-
    standard error over estimates of 8 runs each.
 2. Time to objective, at load 0.6 from T = 0.3: `jaxq.tune.tune` by gradient, by class flips
-   and by evolution strategies (the baseline), the same number of steps each; after every step the current T's
-   exact mean response time (theory, so no measurement noise enters) is compared with the
-   optimum. Reported: seconds (compilation included) and steps until it is within 1% of the
+   and by evolution strategies (the baseline), the same number of steps each; after every step
+   the current T's exact mean response time (theory, so no measurement noise enters) is
+   compared with the optimum. Reported: seconds (compilation included) and steps until it is within 1% of the
    optimum and stays there, and the ratio of each method to the baseline.
 
     python scripts/bench_tune.py             # a few minutes on 2 cores
