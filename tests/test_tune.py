@@ -51,12 +51,11 @@ def test_relaxed_gradient_agrees_with_evolution_strategies_on_the_exact_engine()
     assert clear.any() and np.all(np.sign(relaxed[clear]) == np.sign(es[clear])), (relaxed, es, se)
 
 
-@pytest.mark.parametrize("method, load, start_t", [
-    pytest.param("gradient", 0.6, 0.3, marks=pytest.mark.xfail(strict=True, reason=(
-        "the relaxed dE/dT of a onebit threshold is mostly noise (scripts/bench_tune.py: "
-        "-0.01 +- 0.16 at tau 0.03 against -0.27); with keys 0-3 the learned T is 0.34, 0.29, "
-        "0.18, 1.10 for an optimum of 1.03"))),
-    ("spa", 0.6, 0.3), ("es", 0.8, 0.05)])
+# No case for method "gradient": the relaxed dE/dT of a threshold is mostly noise
+# (scripts/bench_tune.py), so whether its run lands within 2 stderr is chance (keys 0-3 ended at
+# T = 0.34, 0.29, 0.18, 1.10 with one sampling of the sizes and 0.72, 0.93, 0.41, 0.59 with
+# another; the optimum is 1.03 and E[T] is flat near it). A test of either outcome would be luck.
+@pytest.mark.parametrize("method, load, start_t", [("spa", 0.6, 0.3), ("es", 0.8, 0.05)])
 def test_onebit_threshold_reaches_the_m_m_1_optimum(method, load, start_t):
     """M/M/1, exponential prediction noise, non-preemptive onebit starting away from the optimum:
     the learned policy's mean response time, measured on the exact engine with fresh seeds, is
