@@ -374,11 +374,15 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
              objective="latency_mean", scales: dict | None = None, requests: int = 1000,
              replicas: int = 2, es_pairs: int = 4, es_sigma: float = 0.1,
              eval_requests: int = 2000, eval_replicas: int = 4, slots: int | None = None,
-             ttft_slo: float = math.inf, tpot_slo: float = math.inf, key: int = 0,
+             ttft_slo: float = math.inf, tpot_slo: float = math.inf,
+             max_iterations: int | None = None, key: int = 0,
              progress: Callable[[int, int], None] | None = None) -> TuneResult:
     """Learn `names` for every configuration of the LLMSystem `system` on `workload` (an
     LLMWorkload) by evolution strategies on the exact LLM engine; `hard` is the learned
-    policies' LLMResult on eval_requests x eval_replicas fresh requests."""
+    policies' LLMResult on eval_requests x eval_replicas fresh requests. max_iterations bounds
+    every run (jaxq.llm.simulate): a point the search tries may rank requests so that they
+    swap forever (README: a rank that rises as a request generates), and its unfinished
+    requests are then counted in `problems` instead of stalling the step."""
     from jaxq.llm.simulate import LLMSystem, _batch_shape, _check_count
     from jaxq.llm.simulate import simulate as simulate_llm
     from jaxq.llm.workloads import LLMWorkload
@@ -396,13 +400,16 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
            mode="forward", es_pairs=es_pairs, es_sigma=es_sigma)
     for name, value, low in (("requests", requests, 2), ("replicas", replicas, 1),
                              ("eval_requests", eval_requests, 2),
-                             ("eval_replicas", eval_replicas, 1)):
+                             ("eval_replicas", eval_replicas, 1),
+                             ("max_iterations", 1 if max_iterations is None else max_iterations,
+                              1)):
         _check_count(name, value, low)  # all before the first step, eval_* included
     start = time.perf_counter()
     shape = _batch_shape(system)
     flat = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape).reshape(-1), system)
     problems = _Problems(flat, shape, names, scales)
-    options = dict(slots=slots, ttft_slo=ttft_slo, tpot_slo=tpot_slo, on_overflow="ignore")
+    options = dict(slots=slots, ttft_slo=ttft_slo, tpot_slo=tpot_slo, on_overflow="ignore",
+                   max_iterations=max_iterations)
 
     def evaluate(points):
         r = simulate_llm(points, workload, requests=requests, replicas=replicas, key=0,

@@ -166,6 +166,7 @@ def cmd_tune(args) -> dict:
         r = tune.tune_llm(system, workload, names, requests=args.tune_requests,
                           eval_requests=args.requests, eval_replicas=args.replicas,
                           slots=args.slots, ttft_slo=args.ttft_slo, tpot_slo=args.tpot_slo,
+                          max_iterations=args.max_iterations,
                           **common)
     if progress:
         print(file=sys.stderr)

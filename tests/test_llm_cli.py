@@ -87,6 +87,8 @@ def test_workload_json(capsys):
     (["--policy", "lifo"], "unknown policy 'lifo'; valid: fcfs"),
     (["--preemption", "drop"], "unknown preemption 'drop'; valid: recompute, swap"),
     (["--gpu-memory-utilization", "1.5"], "gpu_memory_utilization must lie in"),
+    (["--max-iterations", "0"], "max_iterations must be an integer >= 1"),
+    (["--max-iterations", "3"], "had not finished when the iteration limit was reached"),
 ])
 def test_bad_options(capsys, trace, argv, needle):
     code, _, err = run(capsys, "--trace", trace, *argv)

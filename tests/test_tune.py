@@ -221,6 +221,18 @@ def test_llm_tuning_problems_side_by_side_and_reproducible():
         tune.tune_llm(system, None, ["c"])
 
 
+def test_llm_runs_are_bounded_by_max_iterations():
+    """A bound below what the requests need leaves some unfinished in every run: counted in
+    `problems` (and in the result), never a stalled step; a bound < 1 is refused up front."""
+    system, workload = _small_llm(jaxq.Linear(0.0, 1.0, 0.0, 0.0))
+    kw = dict(steps=1, requests=60, replicas=1, es_pairs=1, eval_requests=60, eval_replicas=1)
+    r = tune.tune_llm(system, workload, ["w_remaining"], max_iterations=200, **kw)
+    assert r.problems > 0 and int(r.hard.unfinished) > 0
+    assert tune.tune_llm(system, workload, ["w_remaining"], **kw).problems == 0
+    with pytest.raises(ValueError, match="max_iterations must be an integer >= 1"):
+        tune.tune_llm(system, workload, ["w_remaining"], max_iterations=0, **kw)
+
+
 def test_cli_llm_json(capsys, monkeypatch):
     monkeypatch.setenv("JAXQ_COMPILATION_CACHE", "")
     code = cli.main(["tune", "llm", "--workload", "azure-conversation", "--rate", "6",

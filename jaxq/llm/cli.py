@@ -95,6 +95,10 @@ def add_llm_options(p):
                    help="requests left out of the metrics (default: 0 for a trace, 10%%)")
     r.add_argument("--ttft-slo", type=float, default=math.inf, help="goodput: TTFT bound (s)")
     r.add_argument("--tpot-slo", type=float, default=math.inf, help="goodput: TPOT bound (s)")
+    r.add_argument("--max-iterations", type=int, default=None,
+                   help="iterations per configuration after which it stops, finished or not "
+                        "(unfinished requests are counted; default: 20 times the tokens of all "
+                        "requests)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -164,9 +168,12 @@ def cmd_llm(args) -> dict:
 
 def simulate_options(args, is_trace: bool) -> dict:
     """The keyword arguments of jaxq.llm.simulate that the options set (all static)."""
-    return dict(requests=None if is_trace else args.requests, replicas=args.replicas,
-                slots=args.slots, warmup=args.warmup, ttft_slo=args.ttft_slo,
-                tpot_slo=args.tpot_slo)
+    options = dict(requests=None if is_trace else args.requests, replicas=args.replicas,
+                   slots=args.slots, warmup=args.warmup, ttft_slo=args.ttft_slo,
+                   tpot_slo=args.tpot_slo)
+    if args.max_iterations is not None:  # absent by default: sweeps' stored options unchanged
+        options["max_iterations"] = args.max_iterations
+    return options
 
 
 def llm_metrics(result, index=()) -> dict:

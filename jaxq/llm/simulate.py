@@ -230,7 +230,8 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
         check_range(name, slo, low=0.0, low_open=True, allow_inf=True)
     _check_count("replicas", replicas, 1)
     _check_count("steps_per_call", steps_per_call, 1)
-    for name, value in (("lanes", lanes), ("workers", workers)):
+    for name, value in (("lanes", lanes), ("workers", workers),
+                        ("max_iterations", max_iterations)):
         if value is not None:
             _check_count(name, value, 1)
     is_trace = isinstance(workload, Trace)
