@@ -39,6 +39,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from typing import Callable
 
 import equinox as eqx
@@ -325,6 +326,13 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
     terms = parse_objective(objective, OBJECTIVES)
     _check(method=method, steps=steps, learning_rate=learning_rate, tau=tau, mode=mode,
            es_pairs=es_pairs, es_sigma=es_sigma)
+    unreliable = [n for n in names if n in ("threshold", "c")]
+    if method == "gradient" and unreliable:
+        # Measured, not assumed: scripts/bench_tune.py and tests/test_tune.py (README).
+        warnings.warn(f"the relaxed gradient of {', '.join(unreliable)} is not reliable: it "
+                      f"misses most of the effect of a threshold or a lock (README, 'When to "
+                      f"trust the gradient'); use method='spa' for a onebit threshold, or "
+                      f"method='es'", RuntimeWarning, stacklevel=2)
     if method == "spa":
         check_spa(system, names, terms)
         if not isinstance(spa_flips, int) or spa_flips < 1:
