@@ -73,9 +73,11 @@ def test_onebit_threshold_reaches_the_m_m_1_optimum(method, load, start_t):
     assert r.problems == 0 and r.trace_values["threshold"].shape == (60,)
 
 
-@pytest.mark.parametrize("method", ["es", pytest.param("gradient", marks=pytest.mark.xfail(
+@pytest.mark.parametrize("method", ["es", pytest.param("gradient", marks=[pytest.mark.xfail(
     strict=True, reason="known bias: the pathwise gradient of the relaxed engine misses most of "
-                        "the effect of c, which acts through the lock (see README)"))])
+                        "the effect of c, which acts through the lock (see README); it misses "
+                        "the grid's best by 6 to 17 stderr for keys 0-2"),
+    pytest.mark.filterwarnings("ignore:the relaxed gradient of c:RuntimeWarning")])])
 def test_sprpt_limited_c_matches_a_grid_search_on_the_exact_engine(method):
     """Weibull sizes (shape 0.5), lognormal predictions: the tuned c's exact mean response time is
     within 2 standard errors of the best of an 11-point grid over [0, 1] (same seeds)."""
