@@ -361,12 +361,12 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
         if method == "gradient":
             return grad_step(flat, u, _replica_keys(step_key, seeds, replicas), taus[step])
         if method == "spa":
-            [threshold] = problems.values(u)
+            # threshold(u) elementwise, so its jvp along ones is d threshold / du per problem
+            [threshold], [d_threshold_du] = jax.jvp(problems.values, (u,), (jnp.ones_like(u),))
             value, d_threshold, bad = spa_step(with_values(flat, names, [threshold]),
                                                _replica_keys(step_key, seeds, replicas),
                                                jax.random.fold_in(step_key, 1))
-            # threshold = scale * softplus(u): d threshold / du = scale * sigmoid(u)
-            return value, (d_threshold * scales[0] * jax.nn.sigmoid(u[:, 0]))[:, None], bad
+            return value, (d_threshold * d_threshold_du)[:, None], bad
         return _es_step(problems, u, step_key, evaluate, pairs=es_pairs, sigma=es_sigma)
 
     u, trace_obj, trace_u, bad = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
@@ -408,10 +408,10 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
            mode="forward", es_pairs=es_pairs, es_sigma=es_sigma)
     for name, value, low in (("requests", requests, 2), ("replicas", replicas, 1),
                              ("eval_requests", eval_requests, 2),
-                             ("eval_replicas", eval_replicas, 1),
-                             ("max_iterations", 1 if max_iterations is None else max_iterations,
-                              1)):
+                             ("eval_replicas", eval_replicas, 1)):
         _check_count(name, value, low)  # all before the first step, eval_* included
+    if max_iterations is not None:
+        _check_count("max_iterations", max_iterations, 1)
     start = time.perf_counter()
     shape = _batch_shape(system)
     flat = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape).reshape(-1), system)

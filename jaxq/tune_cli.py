@@ -28,7 +28,7 @@ LLM_TUNE_DEFAULTS = dict(steps=30, lr=0.1, tune_requests=1000, tune_replicas=2, 
 def add_tune_parser(sub):
     from jaxq.cli import add_queue_options
     from jaxq.llm.cli import add_llm_options
-    from jaxq.tune import LLM_OBJECTIVES, OBJECTIVES
+    from jaxq.tune import LLM_OBJECTIVES, METHODS, OBJECTIVES
 
     t = sub.add_parser("tune", help="learn policy parameters by gradient (or evolution "
                                     "strategies)")
@@ -41,7 +41,7 @@ def add_tune_parser(sub):
     q.add_argument("--sigma", default="0.5",
                    help="lognormal predictor noise; a comma-separated list tunes each value")
     g = _add_common(q, TUNE_DEFAULTS, OBJECTIVES, "mean_response_time")
-    g.add_argument("--method", default="gradient", choices=("gradient", "spa", "es"),
+    g.add_argument("--method", default="gradient", choices=METHODS,
                    help="gradient: through the relaxed engine; spa: the onebit threshold's "
                         "derivative on the exact engine from runs with one job's class "
                         "flipped; es: evolution strategies on the exact engine")

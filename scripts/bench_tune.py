@@ -17,7 +17,7 @@ the mean response time for every threshold T, and the optimum).
    compared with the optimum. Reported: seconds (compilation included) and steps until it is within 1% of the
    optimum and stays there, and the ratio of each method to the baseline.
 
-    python scripts/bench_tune.py             # a few minutes on 2 cores
+    python scripts/bench_tune.py             # about 20 s on 2 cores
     python scripts/bench_tune.py --quick     # smoke run
 """
 
@@ -53,6 +53,13 @@ def bias_table(args):
     service, predictor = problem()
     spec = RelaxedSpec(capacity=64, jobs=args.jobs, warmup=args.jobs // 10, steps=2 * args.jobs)
     terms = (("mean_response_time", 1.0),)
+    se = lambda x: x.std(ddof=1) / np.sqrt(len(x))  # noqa: E731
+    # One run per vmapped lane: the spread across runs gives the standard errors. The system
+    # (its threshold) and tau are arguments, so each function compiles once for the whole table.
+    per_run = jax.jit(jax.vmap(lambda k, system, u, tau: tune.relaxed_gradient(
+        spec, terms, system, ["threshold"], u, k[None], tau)[:2], in_axes=(0, None, None, None)))
+    spa = jax.jit(lambda flat, keys, fkey: threshold_derivative(
+        run_spec(args.jobs, args.jobs // 10, 256), terms, flat, keys, 8, fkey))
     rows = []
     for t in (0.3, 1.5):
         exact = theory.mean_response_time(jaxq.OneBit(t), service, predictor, LOAD)
@@ -62,20 +69,16 @@ def bias_table(args):
         system = jaxq.System(LOAD, service, predictor, jaxq.OneBit(t))
         keys = _replica_keys(jax.random.key(11), jnp.asarray([0]), args.runs)[0]
         hard = None
+        # The tuner's coordinate u (T = softplus(u)); dE/dT = dE/du / sigmoid(u).
+        u = float(tune._to_u("positive", t))
         for tau in [1e-6] + args.taus:
-            # One run per call: the spread across runs gives the standard errors.
-            # The tuner's coordinate u (T = softplus(u)); dE/dT = dE/du / sigmoid(u).
-            u = float(tune._to_u("positive", t))
-            per_run = jax.jit(jax.vmap(lambda k, tau=tau: tune.relaxed_gradient(
-                spec, terms, system, ["threshold"], jnp.asarray([u]), k[None], tau)[:2]))
-            value, grad = per_run(keys)
+            value, grad = per_run(keys, system, jnp.asarray([u]), tau)
             value = np.asarray(value)
             grad = np.asarray(grad)[:, 0] / float(jax.nn.sigmoid(u))
             if hard is None:
                 hard = value
                 continue
             bias = value - hard  # paired: the same runs
-            se = lambda x: x.std(ddof=1) / np.sqrt(len(x))  # noqa: E731
             rows.append(dict(T=t, tau=tau, relaxed=float(value.mean()),
                              exact_engine=float(hard.mean()), bias=float(bias.mean()),
                              bias_se=float(se(bias)), theory=float(exact),
@@ -87,9 +90,8 @@ def bias_table(args):
                   f"{slope:+.4f}", flush=True)
         # The exact engine's derivative by class flips (jaxq.spa), on runs of as many jobs.
         flat = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (1,)), system.broadcast())
-        spa = jax.jit(lambda keys, fkey: threshold_derivative(
-            run_spec(args.jobs, args.jobs // 10, 256), terms, flat, keys, 8, fkey))
-        grad = np.array([float(spa(_replica_keys(jax.random.key(11 + i), jnp.asarray([0]), 8),
+        grad = np.array([float(spa(flat, _replica_keys(jax.random.key(11 + i),
+                                                       jnp.asarray([0]), 8),
                                    jax.random.key(7 + i))[1][0])
                          for i in range(max(2, args.runs // 8))])  # 8 runs per estimate
         rows.append(dict(T=t, tau=None, method="spa", slope=float(grad.mean()),

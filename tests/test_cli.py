@@ -7,11 +7,6 @@ import pytest
 from jaxq import cli
 
 
-@pytest.fixture(autouse=True)
-def no_compilation_cache(monkeypatch):
-    monkeypatch.setenv("JAXQ_COMPILATION_CACHE", "")
-
-
 def run(capsys, *argv):
     code = cli.main(list(argv))
     out = capsys.readouterr()

@@ -16,11 +16,6 @@ TRACE = """arrival_time,prompt_tokens,output_tokens
 """
 
 
-@pytest.fixture(autouse=True)
-def no_compilation_cache(monkeypatch):
-    monkeypatch.setenv("JAXQ_COMPILATION_CACHE", "")
-
-
 @pytest.fixture
 def trace(tmp_path):
     path = tmp_path / "trace.csv"

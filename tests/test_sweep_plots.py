@@ -238,8 +238,7 @@ def test_not_a_results_folder(tmp_path):
         plot_folder(str(tmp_path))
 
 
-def test_plot_command(folder, capsys, monkeypatch):
-    monkeypatch.setenv("JAXQ_COMPILATION_CACHE", "")
+def test_plot_command(folder, capsys):
     assert jaxq.cli.main(["plot", folder, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["plots"]) == 2 and all(os.path.exists(p) for p in out["plots"])

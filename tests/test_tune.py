@@ -134,8 +134,7 @@ def test_request_weights_are_tuned_in_the_llm_engine_only():
         tune.tune(jaxq.System(0.5, policy=jaxq.Linear()), ["w_prompt"], steps=1)
 
 
-def test_cli_json(capsys, monkeypatch):
-    monkeypatch.setenv("JAXQ_COMPILATION_CACHE", "")
+def test_cli_json(capsys):
     code = cli.main(["tune", "queue", "--policy", "onebit", "--predictor", "lognormal",
                      "--load", "0.5,0.7", "--tune", "threshold", "--method", "spa",
                      "--steps", "2",
@@ -239,8 +238,7 @@ def test_llm_runs_are_bounded_by_max_iterations():
         tune.tune_llm(system, workload, ["w_remaining"], max_iterations=0, **kw)
 
 
-def test_cli_llm_json(capsys, monkeypatch):
-    monkeypatch.setenv("JAXQ_COMPILATION_CACHE", "")
+def test_cli_llm_json(capsys):
     code = cli.main(["tune", "llm", "--workload", "azure-conversation", "--rate", "6",
                      "--max-model-len", "6000", "--kv-capacity", "12000", "--policy",
                      "sprpt-limited", "--aging", "2", "--predictor", "lognormal", "--sigma",
