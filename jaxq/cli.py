@@ -17,10 +17,11 @@ import sys
 import numpy as np
 
 POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
-                "onebit", "linear")
+                "onebit", "linear", "mlp")
 PREDICTOR_NAMES = ("perfect", "exponential", "uniform", "lognormal")
 LINEAR_WEIGHTS = ("w_prediction", "w_remaining", "w_attained", "w_age", "w_prompt", "w_kv",
                   "w_peak")
+LINEAR_DEFAULT = "0,1,0,0"  # --weights of linear: sprpt
 SERVICE_NAMES = ("exponential", "deterministic", "uniform", "lognormal", "weibull",
                  "bounded-pareto", "hyperexponential", "empirical")
 
@@ -40,8 +41,9 @@ def _add_model_options(p: argparse.ArgumentParser):
     g.add_argument("--c", type=float, default=0.5, help="sprpt-limited: c in [0, 1]")
     g.add_argument("--aging", type=float, default=0.0,
                    help="subtract this times the time in system from the rank (>= 0)")
-    g.add_argument("--weights", default="0,1,0,0",
-                   help="linear: w_prediction,w_remaining,w_attained,w_age")
+    g.add_argument("--weights", default=None,
+                   help="linear: w_prediction,w_remaining,w_attained,w_age (default 0,1,0,0); "
+                        "mlp: its 3H + 1 weights w,b,v,c (default: 8 units, equal to sprpt)")
     g.add_argument("--shape", type=float, default=None,
                    help="weibull shape (default 0.5) or bounded-pareto alpha (default 1.5)")
     g.add_argument("--cv", type=float, default=None,
@@ -126,15 +128,25 @@ def build_policy(args, names=POLICY_NAMES, weight_names=LINEAR_WEIGHTS[:4]):
     elif p == "onebit":
         policy = jaxq.OneBit(args.threshold, args.preemptive)
     elif p == "linear":
-        w = [float(v) for v in args.weights.split(",")]
+        w = _numbers("weights", args.weights or LINEAR_DEFAULT)
         if not 4 <= len(w) <= len(weight_names):
             raise ValueError(f"--weights must be 4 to {len(weight_names)} numbers "
                              f"{','.join(weight_names)}, got {args.weights!r}")
         policy = jaxq.Linear(**dict(zip(weight_names, w)), preemptive=args.preemptive)
+    elif p == "mlp":
+        policy = (jaxq.policies.MLP() if args.weights is None
+                  else jaxq.policies.MLP(_numbers("weights", args.weights)))
     else:
         policy = LLM_POLICIES[p]()
     aging = getattr(args, "aging", 0.0)
     return Aging(policy, aging) if aging else policy
+
+
+def _numbers(name, text) -> list[float]:
+    try:
+        return [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"--{name} must be comma-separated numbers, got {text!r}") from None
 
 
 def _parameters(args) -> dict:
@@ -148,7 +160,9 @@ def _parameters(args) -> dict:
     if args.policy == "sprpt-limited":
         out["c"] = args.c
     if args.policy == "linear":
-        out.update(weights=args.weights, preemptive=args.preemptive)
+        out.update(weights=args.weights or LINEAR_DEFAULT, preemptive=args.preemptive)
+    if args.policy == "mlp" and args.weights is not None:
+        out["weights"] = args.weights
     if args.aging:
         out["aging"] = args.aging
     return out

@@ -252,6 +252,7 @@ class Empirical(Distribution):
     """
 
     name: ClassVar[str] = "empirical"
+    DATA_AXES: ClassVar[dict] = {"samples": 1}  # the samples' axis is data, not batch
     samples: jax.Array  # (n,) or (batch, n)
 
     def __init__(self, samples, mean=None):

@@ -350,12 +350,71 @@ class Linear(Policy):
         return (self.slope() > 0) & self.preemptive
 
 
+class MLP(Policy):
+    """A learned rank: h(y) - a, where h(y) = y * exp(m(log y)) and m is a one-layer perceptron
+    with H tanh units, m(z) = sum_h v_h tanh(w_h z + b_h) + c.
+
+    Preemptive, with the slope of sprpt (-1), so the exact engine serves it exactly: the learned
+    part is a static function of the prediction, and only the order it induces together with
+    the attained service matters (a monotone h alone would just be pspjf). With v = 0 and c = 0
+    it is sprpt. h > 0 for y > 0, so a job that outlives h(y) is never preempted.
+
+    `weights` (..., 3H + 1) packs (w, b, v, c); its last axis is data, not a batch axis, and
+    every other axis is (configurations and, inside an engine, replicas). The default has H = 8
+    units of slope 1 whose biases spread over log y in [-3, 3] (a basis of steps in log y) and
+    v = c = 0: sprpt, from which a tuner learns the rest (jaxq.tune: --tune mlp)."""
+
+    name: ClassVar[str] = "mlp"
+    DATA_AXES: ClassVar[dict] = {"weights": 1}
+    weights: jax.Array  # (..., 3H + 1): w (H,), b (H,), v (H,), c ()
+
+    def __init__(self, weights=None, hidden: int = 8):
+        if weights is None:
+            if not isinstance(hidden, int) or hidden < 1:
+                raise ValueError(f"hidden must be an integer >= 1, got {hidden!r}")
+            weights = jnp.concatenate([jnp.ones(hidden), jnp.linspace(-3.0, 3.0, hidden),
+                                       jnp.zeros(hidden + 1)])
+        self.weights = jnp.asarray(weights, dtype=float)
+
+    def __check_init__(self):
+        shape = jnp.shape(self.weights)
+        if len(shape) < 1 or shape[-1] < 4 or shape[-1] % 3 != 1:
+            raise ValueError(f"weights must have a last axis of length 3H + 1 >= 4 (w, b, v of "
+                             f"H units and c), got shape {shape}")
+        check_range("weights", self.weights)
+
+    @property
+    def hidden(self) -> int:
+        return (jnp.shape(self.weights)[-1] - 1) // 3
+
+    def static_rank(self, prediction) -> jax.Array:
+        """h(y), the rank of a job that has not been served: same shape as `prediction` ((K,)
+        or (K, B), with weights (3H + 1,) or (B, 3H + 1))."""
+        h = self.hidden
+        w, b, v = (self.weights[..., i * h:(i + 1) * h] for i in range(3))
+        c = self.weights[..., 3 * h]
+        # Guarded so that y = 0 (a perfect prediction of a zero size) gives h = 0, finitely.
+        z = jnp.log(jnp.maximum(prediction, jnp.finfo(prediction.dtype).tiny))[..., None]
+        m = jnp.sum(v * jnp.tanh(w * z + b), axis=-1) + c
+        return prediction * jnp.exp(m)
+
+    def rank(self, jobs):
+        return _rank(jobs, self.static_rank(jobs.prediction) - jobs.attained)
+
+    def slope(self):
+        return jnp.asarray(-1.0)
+
+
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (FCFS, LAS, SJF, PSJF, SRPT, SPJF, PSPJF, SPRPT, SPRPTLimited, OneBit, Linear)
+    for cls in (FCFS, LAS, SJF, PSJF, SRPT, SPJF, PSPJF, SPRPT, SPRPTLimited, OneBit, Linear,
+                MLP)
 }
 # Policies that need request features: the LLM engine accepts these too.
-LLM_POLICIES: dict[str, type[Policy]] = {**POLICIES, SJFPrompt.name: SJFPrompt}
+# The MLP rank is the queue engine's for now: its default basis is laid out for sizes near 1, not
+# for output lengths in tokens.
+LLM_POLICIES: dict[str, type[Policy]] = {**{n: c for n, c in POLICIES.items() if c is not MLP},
+                                         SJFPrompt.name: SJFPrompt}
 
 __all__ = ["Policy", "JobView", "Rank", "POLICIES", "LLM_POLICIES", "Aging", "SJFPrompt",
            *[c.__name__ for c in POLICIES.values()]]

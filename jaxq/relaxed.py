@@ -27,7 +27,13 @@ The clock. A naive fixed time step breaks continuity (a job finishing mid-step w
 of the step). Here each step jumps to the next event at the current shares: the next arrival,
 the next completion (remaining / share), or `max_step` time units, whichever comes first, and
 the shares are recomputed after every step. Completion times are then continuous in the
-parameters, also where two events swap order, so the pathwise gradient is meaningful. With
+parameters, also where two events swap order, so the pathwise gradient is meaningful. Continuous
+is not always smooth enough, though. Under a rank that falls with service (sprpt, the MLP rank)
+a near tie is unstable: the job with the larger share pulls away, and the gap grows about like
+exp(t / 2 tau). Two jobs really share only if their initial gap is within about
+tau exp(-(work at stake) / tau), so much of the objective's change can happen within windows of
+a parameter far narrower than tau, where no sample lands, and the pathwise gradient misses it
+(README, "When to trust the gradient": the MLP rank's bias against tau). With
 max_step = inf only arrivals and completions re-rank; a finite max_step also re-ranks between
 them, which policies whose ranks move with service (las, linear with w_attained > w_remaining)
 need to approach the exact engine.
@@ -51,8 +57,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxq.policies import (FCFS, LAS, PSJF, PSPJF, SJF, SPJF, SPRPT, SRPT, JobView, Linear,
-                           OneBit, Policy, SPRPTLimited, without_aging)
+from jaxq.policies import (FCFS, LAS, MLP, PSJF, PSPJF, SJF, SPJF, SPRPT, SRPT, JobView,
+                           Linear, OneBit, Policy, SPRPTLimited, without_aging)
 from jaxq.queue import Chunk
 
 LOCK_BONUS = 1e3  # rank units a fully locked job gains: ahead of any unlocked job
@@ -61,7 +67,8 @@ TINY_SHARE = 1e-12  # a share below this serves nothing: its completion time is 
 # remaining / share**2 in the backward pass stays finite in float32
 _MASKED_LOGIT = -1e30  # the softmax logit of an empty slot
 # Every queue policy (with or without an aging term).
-_RELAXABLE = (FCFS, LAS, SJF, PSJF, SRPT, SPJF, PSPJF, SPRPT, SPRPTLimited, OneBit, Linear)
+_RELAXABLE = (FCFS, LAS, SJF, PSJF, SRPT, SPJF, PSPJF, SPRPT, SPRPTLimited, OneBit, Linear,
+              MLP)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 from jaxq._checks import check_choice, check_range
 from jaxq.metrics import histogram_quantiles, quantile_resolution
 from jaxq.queue import Chunk, EngineSpec, QueueState, init_state, run_chunk
-from jaxq.system import System
+from jaxq.system import System, flatten
 
 DEFAULT_SIZE_BUCKETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 QUANTILES = (0.5, 0.9, 0.99)
@@ -80,10 +80,7 @@ def simulate(system: System, *, jobs: int, replicas: int = 8, warmup: int | None
               chunk=chunk, histogram_bins=histogram_bins, finite_horizon=finite_horizon,
               on_overflow=on_overflow, size_buckets=size_buckets)
     start = time.perf_counter()
-    system = system.broadcast()
-    shape = system.batch_shape
-    flat = jax.tree_util.tree_map(
-        lambda leaf: jnp.reshape(leaf, (-1,) + jnp.shape(leaf)[len(shape):]), system)
+    flat, shape = flatten(system)
     batch = math.prod(shape)
 
     spec = EngineSpec(capacity=capacity, chunk=chunk, warmup=warmup, jobs=jobs,

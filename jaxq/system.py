@@ -46,27 +46,53 @@ class System(eqx.Module):
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
-        """The broadcast shape of all batch axes (the trailing axis of Empirical samples is data,
-        not batch)."""
-        shapes = []
-        for path, leaf in jax.tree_util.tree_leaves_with_path(self):
-            shape = jnp.shape(leaf)
-            if _is_empirical_samples(path):
-                shape = shape[:-1]
-            shapes.append(shape)
-        return np.broadcast_shapes(*shapes)
+        """The broadcast shape of all batch axes (data axes, such as Empirical's samples, left
+        out)."""
+        return batch_shape(self)
 
     def broadcast(self) -> "System":
-        """Every leaf with the same leading batch shape (samples keep their data axis)."""
-        shape = self.batch_shape
-
-        def grow(path, leaf):
-            if _is_empirical_samples(path):
-                return jnp.broadcast_to(leaf, shape + jnp.shape(leaf)[-1:])
-            return jnp.broadcast_to(leaf, shape)
-
-        return jax.tree_util.tree_map_with_path(grow, self)
+        """Every leaf with the same leading batch shape (data axes kept)."""
+        return broadcast(self)
 
 
-def _is_empirical_samples(path) -> bool:
-    return any(getattr(p, "name", None) == "samples" for p in path)
+def _data_ndim(root, path) -> int:
+    """How many trailing axes of the leaf at `path` are data, not batch: a module lists such
+    fields in its DATA_AXES (Empirical.samples, MLP.weights)."""
+    node = root
+    for entry in path:
+        name = getattr(entry, "name", None)
+        if name is None:
+            return 0
+        axes = getattr(type(node), "DATA_AXES", {})
+        if name in axes:
+            return axes[name]
+        node = getattr(node, name)
+    return 0
+
+
+def _batch_part(root, path, leaf) -> tuple[int, ...]:
+    shape = jnp.shape(leaf)
+    return shape[:len(shape) - _data_ndim(root, path)]
+
+
+def batch_shape(tree) -> tuple[int, ...]:
+    """The broadcast shape of the batch axes of every leaf of `tree` (a System or an LLMSystem);
+    ValueError if they do not broadcast."""
+    return np.broadcast_shapes(*[_batch_part(tree, path, leaf) for path, leaf
+                                 in jax.tree_util.tree_leaves_with_path(tree)])
+
+
+def broadcast(tree):
+    """`tree` with every leaf's batch axes broadcast to batch_shape(tree)."""
+    shape = batch_shape(tree)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.broadcast_to(
+            leaf, shape + jnp.shape(leaf)[len(_batch_part(tree, path, leaf)):]), tree)
+
+
+def flatten(tree):
+    """(`tree` broadcast with its batch axes flattened into one leading axis, the batch shape)."""
+    shape = batch_shape(tree)
+    grown = broadcast(tree)
+    return jax.tree_util.tree_map(
+        lambda leaf: jnp.reshape(leaf, (-1,) + jnp.shape(leaf)[len(shape):]), grown), shape

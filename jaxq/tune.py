@@ -48,11 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxq.policies import Aging, Linear, OneBit, SPRPTLimited, without_aging
+from jaxq.policies import MLP, Aging, Linear, OneBit, SPRPTLimited, without_aging
 from jaxq.relaxed import RelaxedSpec, run_one
 from jaxq.simulate import _replica_keys, sample_chunk, simulate
 from jaxq.spa import check_spa, run_spec, threshold_derivative
-from jaxq.system import System
+from jaxq.system import System, flatten
 
 OBJECTIVES = ("mean_response_time", "mean_slowdown", "p99")  # queue: jaxq.simulate.Result
 LLM_OBJECTIVES = ("latency_mean", "latency_p90", "latency_p99", "ttft_mean", "ttft_p99",
@@ -61,6 +61,10 @@ LLM_OBJECTIVES = ("latency_mean", "latency_p90", "latency_p99", "ttft_mean", "tt
 MAXIMISED = ("goodput",)
 METHODS = ("gradient", "spa", "es")
 REQUEST_WEIGHTS = ("w_prompt", "w_kv", "w_peak")  # read request features: LLM engine only
+# Below this temperature the MLP rank's relaxed gradient loses the effect of reorderings
+# (scripts/bench_tune.py: at tau 0.3 the pathwise dE/dc is -0.16 +- 0.11 where the same
+# engine's central difference is -1.40 +- 0.10; at tau 1, -1.34 +- 0.39 against -1.43 +- 0.10).
+MLP_MIN_TAU = 1.0
 OPTIMIZERS = {"adam": optax.adam, "sgd": optax.sgd, "rmsprop": optax.rmsprop}
 
 
@@ -78,6 +82,7 @@ TUNABLE = {
     **{w: Tunable(Linear, w, "real")
        for w in ("w_prediction", "w_remaining", "w_attained", "w_age")},
     **{w: Tunable(Linear, w, "real") for w in REQUEST_WEIGHTS},
+    "mlp": Tunable(MLP, "weights", "real"),  # a vector: all 3H + 1 weights of the MLP rank
 }
 
 
@@ -183,9 +188,9 @@ def with_values(system: System, names, values) -> System:
     return system
 
 
-def current_values(system, names, shape) -> list[np.ndarray]:
-    return [np.broadcast_to(np.asarray(_getter(system, n)(system), np.float64), shape)
-            for n in names]
+def current_values(flat, names) -> list[np.ndarray]:
+    """Each named parameter of a flattened system (b problems): (b,), or (b, D) for a vector."""
+    return [np.asarray(_getter(flat, n)(flat), np.float64) for n in names]
 
 
 # ---------------------------------------------------------------------------- relaxed objective
@@ -213,15 +218,13 @@ def relaxed_objective(spec: RelaxedSpec, terms, system: System, keys, tau):
     return value, jnp.sum(runs.unfinished + runs.overflow)
 
 
-def relaxed_gradient(spec: RelaxedSpec, terms, system: System, names, u, keys, tau,
-                     mode: str = "forward", scales=None):
-    """(objective, d objective / du (P,), problems) for one configuration: u (P,) unconstrained."""
-    constraints = [TUNABLE[n].constraint for n in names]
-    scales = scales or (1.0,) * len(names)
-
+def relaxed_gradient(spec: RelaxedSpec, terms, system: System, layout: "Layout", u, keys, tau,
+                     mode: str = "forward"):
+    """(objective, d objective / du (P,), problems) for one configuration: u (P,) unconstrained,
+    laid out as `layout` says."""
     def f(u):
-        values = [_to_value(c, u[i], s) for i, (c, s) in enumerate(zip(constraints, scales))]
-        return relaxed_objective(spec, terms, with_values(system, names, values), keys, tau)
+        return relaxed_objective(spec, terms, with_values(system, layout.names, layout.values(u)),
+                                 keys, tau)
 
     if mode == "forward":
         value, problems = f(u)
@@ -250,22 +253,51 @@ class TuneResult:
     seconds: float
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where each tuned parameter lives in the unconstrained coordinates u (..., P): a scalar
+    takes one column, a vector (the MLP's weights) as many as it has entries (D)."""
+
+    names: tuple[str, ...]
+    scales: tuple[float, ...] = ()  # default: 1 each
+    sizes: tuple[int | None, ...] = ()  # None: a scalar; D: a vector of D entries (default: all
+    #   scalars)
+
+    def __post_init__(self):
+        object.__setattr__(self, "names", tuple(self.names))
+        n = len(self.names)
+        object.__setattr__(self, "scales", tuple(self.scales) or (1.0,) * n)
+        object.__setattr__(self, "sizes", tuple(self.sizes) or (None,) * n)
+
+    def values(self, u) -> list:
+        """The parameter values at u (..., P): one array (...) or (..., D) per name."""
+        out, at = [], 0
+        for name, scale, size in zip(self.names, self.scales, self.sizes):
+            part = u[..., at] if size is None else u[..., at:at + size]
+            out.append(_to_value(TUNABLE[name].constraint, part, scale))
+            at += 1 if size is None else size
+        return out
+
+    def coordinates(self, values) -> np.ndarray:
+        """u (b, P) at the given values (each (b,) or (b, D))."""
+        return np.concatenate([
+            np.reshape(_to_u(TUNABLE[n].constraint, v, s), (len(v), -1))
+            for n, s, v in zip(self.names, self.scales, values)], axis=-1)
+
+
 class _Problems:
     """The batch of tuning problems: the flattened system (b configurations) and where the
     optimiser stands in the unconstrained coordinates u (b, P)."""
 
     def __init__(self, flat, shape, names, scales):
-        self.flat, self.shape, self.names, self.scales = flat, shape, names, scales
-        self.constraints = [TUNABLE[n].constraint for n in names]
-        b = math.prod(shape)
-        self.u0 = jnp.stack([jnp.asarray(_to_u(c, v, s).reshape(b), float) for c, v, s in
-                             zip(self.constraints, current_values(flat, names, (b,)),
-                                 scales)], axis=-1)
+        self.flat, self.shape, self.names = flat, shape, names
+        start = current_values(flat, names)
+        self.layout = Layout(names, scales, tuple(None if v.ndim == 1 else v.shape[-1]
+                                                  for v in start))
+        self.u0 = jnp.asarray(self.layout.coordinates(start), float)
 
     def values(self, u) -> list:
-        """The parameter values at u (..., P): one array (...) per name."""
-        return [_to_value(c, u[..., i], s)
-                for i, (c, s) in enumerate(zip(self.constraints, self.scales))]
+        return self.layout.values(u)
 
 
 def _optimise(problems: _Problems, opt, steps, step_fn, progress):
@@ -289,12 +321,16 @@ def _optimise(problems: _Problems, opt, steps, step_fn, progress):
 
 def _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad, method, start):
     shape, steps = problems.shape, trace_obj.shape[0]
-    learned = [np.asarray(v).reshape(shape) for v in problems.values(u)]
+    def unflat(v, lead):  # (lead..., b[, D]) -> (lead..., S[, D])
+        v = np.asarray(v)
+        return v.reshape(lead + shape + v.shape[len(lead) + 1:])
+
+    learned = [unflat(v, ()) for v in problems.values(u)]
     return TuneResult(
         names=problems.names, values=dict(zip(problems.names, learned)), hard=hard,
         objective=objective_value(hard, terms),
         trace_objective=trace_obj.reshape((steps,) + shape),
-        trace_values={n: np.asarray(v).reshape((steps,) + shape)
+        trace_values={n: unflat(v, (steps,))
                       for n, v in zip(problems.names, problems.values(trace_u))},
         trace_tau=taus, problems=bad, method=method, seconds=time.perf_counter() - start)
 
@@ -327,6 +363,10 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
     _check(method=method, steps=steps, learning_rate=learning_rate, tau=tau, mode=mode,
            es_pairs=es_pairs, es_sigma=es_sigma)
     unreliable = [n for n in names if n in ("threshold", "c")]
+    if method == "gradient" and "mlp" in names and min(tau) < MLP_MIN_TAU:
+        warnings.warn(f"the relaxed gradient of mlp is measured reliable only at tau >= "
+                      f"{MLP_MIN_TAU} (README, 'When to trust the gradient'); tau={tau} goes "
+                      f"below it", RuntimeWarning, stacklevel=2)
     if method == "gradient" and unreliable:
         # Measured, not assumed: scripts/bench_tune.py and tests/test_tune.py (README).
         warnings.warn(f"the relaxed gradient of {', '.join(unreliable)} is not reliable: it "
@@ -338,17 +378,14 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
         if not isinstance(spa_flips, int) or spa_flips < 1:
             raise ValueError(f"spa_flips must be an integer >= 1, got {spa_flips!r}")
     start = time.perf_counter()
-    system = system.broadcast()
-    shape = system.batch_shape
-    flat = jax.tree_util.tree_map(lambda a: jnp.reshape(a, (-1,) + jnp.shape(a)[len(shape):]),
-                                  system)
+    flat, shape = flatten(system)
     problems = _Problems(flat, shape, names, scales)
     warmup = jobs // 10 if warmup is None else warmup
     spec = RelaxedSpec(capacity=capacity, jobs=jobs, warmup=warmup, steps=2 * jobs,
                        checkpoint=mode == "reverse")
     seeds = jnp.asarray(flat.seed).reshape(-1)
     taus = np.geomspace(tau[0], tau[1], steps) if method == "gradient" else np.full(steps, np.nan)
-    grad_step = _gradient_step(spec, terms, names, mode, scales)
+    grad_step = _gradient_step(spec, terms, problems.layout, mode)
     spa_step = _spa_step(run_spec(jobs, warmup, capacity), terms, spa_flips)
 
     def evaluate(points):
@@ -371,7 +408,8 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
 
     u, trace_obj, trace_u, bad = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
                                       step_fn, progress)
-    tuned = with_values(system, names, [v.reshape(shape) for v in problems.values(u)])
+    tuned = with_values(system, names, [np.reshape(v, shape + np.shape(v)[1:])
+                                        for v in problems.values(u)])
     hard = simulate(_fresh_seeds(tuned), jobs=eval_jobs, replicas=eval_replicas, key=key + 1,
                     on_overflow="ignore")
     return _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad, method, start)
@@ -391,7 +429,7 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
     every run (jaxq.llm.simulate): a point the search tries may rank requests so that they
     swap forever (README: a rank that rises as a request generates), and its unfinished
     requests are then counted in `problems` instead of stalling the step."""
-    from jaxq.llm.simulate import LLMSystem, _batch_shape, _check_count
+    from jaxq.llm.simulate import LLMSystem, _check_count
     from jaxq.llm.simulate import simulate as simulate_llm
     from jaxq.llm.workloads import LLMWorkload
 
@@ -413,8 +451,7 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
     if max_iterations is not None:
         _check_count("max_iterations", max_iterations, 1)
     start = time.perf_counter()
-    shape = _batch_shape(system)
-    flat = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape).reshape(-1), system)
+    flat, shape = flatten(system)
     problems = _Problems(flat, shape, names, scales)
     options = dict(slots=slots, ttft_slo=ttft_slo, tpot_slo=tpot_slo, on_overflow="ignore",
                    max_iterations=max_iterations)
@@ -430,18 +467,19 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
 
     u, trace_obj, trace_u, bad = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
                                       step_fn, progress)
-    tuned = with_values(system, names, [v.reshape(shape) for v in problems.values(u)])
+    tuned = with_values(system, names, [np.reshape(v, shape + np.shape(v)[1:])
+                                        for v in problems.values(u)])
     hard = simulate_llm(_fresh_seeds(tuned), workload, requests=eval_requests,
                         replicas=eval_replicas, key=key + 1, **options)
     return _result(problems, u, trace_obj, trace_u, np.full(steps, np.nan), hard, terms, bad,
                    "es", start)
 
 
-def _gradient_step(spec, terms, names, mode, scales):
+def _gradient_step(spec, terms, layout, mode):
     @jax.jit
     def step(flat, u, keys, tau):
-        return jax.vmap(lambda s, u, k: relaxed_gradient(spec, terms, s, names, u, k, tau, mode,
-                                                         scales))(flat, u, keys)
+        return jax.vmap(lambda s, u, k: relaxed_gradient(spec, terms, s, layout, u, k, tau,
+                                                         mode))(flat, u, keys)
     return step
 
 

@@ -188,9 +188,13 @@ def _report(args, r, points) -> dict:
         a = np.asarray(a, np.int64).reshape(len(points))
         return int(a[0]) if one else a.tolist()
 
-    def per_step(a):  # (steps, problems) -> per problem, or one list
-        a = np.asarray(a, np.float64).reshape(a.shape[0], len(points))
-        return a[:, 0].tolist() if one else a.T.tolist()
+    batch_ndim = np.ndim(r.objective)
+
+    def per_step(a):  # (steps,) + S [+ (D,)] -> per problem, or one list
+        a = np.asarray(a, np.float64)
+        data = a.shape[1 + batch_ndim:]  # () or (D,) for a vector (the MLP's weights)
+        a = np.moveaxis(a.reshape(a.shape[0], len(points), *data), 1, 0)
+        return a[0].tolist() if one else a.tolist()
 
     result = {"engine": args.engine, "policy": args.policy, "predictor": args.predictor,
               "method": r.method, "tuned": list(r.names), "objective": args.objective}

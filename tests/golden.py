@@ -6,6 +6,8 @@ number is dyadic, so float results must match exactly.
 Each entry: (policy, params, arrivals, sizes, predictions, expected departures).
 """
 
+import math
+
 GOLDEN = [
     # fcfs: 0-3 job0, 3-4 job1, 4-5 job2.
     ("fcfs", {}, [0, 1, 2], [3, 1, 1], [9, 9, 9], [3, 4, 5]),
@@ -124,4 +126,9 @@ GOLDEN = [
     ("linear", {"w_remaining": 0.0, "w_age": 1.0}, [0, 1, 2], [3, 2, 2], [1, 1, 1], [7, 5, 4]),
     # w_age = -1 (primary = -age): the oldest is best, i.e. fcfs.
     ("linear", {"w_remaining": 0.0, "w_age": -1.0}, [0, 1, 2], [3, 1, 1], [1, 1, 1], [3, 4, 5]),
+    # mlp with one unit and c = ln 2: h(y) = 2y, rank 2y - a. At t = 3 job0 has a = 3: sprpt would
+    # keep it (4 - 3 = 1 < 1.5), but 2 * 4 - 3 = 5 > 2 * 1.5 = 3, so job1 preempts: 3-4 job1,
+    # 4-5 job0 (sprpt: job0 at 4, job1 at 5).
+    ("mlp", {"weights": (0.0, 0.0, 0.0, math.log(2.0))}, [0, 3], [4, 1], [4, 1.5], [5, 4]),
+    ("sprpt", {}, [0, 3], [4, 1], [4, 1.5], [4, 5]),
 ]

@@ -51,7 +51,7 @@ import math
 from typing import NamedTuple
 
 POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
-                "onebit", "linear")
+                "onebit", "linear", "mlp")
 
 # Parameter names and defaults, the same as the constructors in jaxq/policies.py.
 DEFAULT_PARAMS = {
@@ -59,6 +59,7 @@ DEFAULT_PARAMS = {
     "onebit": {"threshold": 1.0, "preemptive": False},
     "linear": {"w_prediction": 0.0, "w_remaining": 1.0, "w_attained": 0.0, "w_age": 0.0,
                "preemptive": True},
+    "mlp": {"weights": (1.0, 0.0, 0.0, 0.0)},  # one unit, v = c = 0: sprpt
 }
 
 
@@ -101,6 +102,10 @@ class _Policy:
             self.w_remaining = _exact("w_remaining", p["w_remaining"])
             self.w_attained = _exact("w_attained", p["w_attained"])
             self.w_age = _exact("w_age", p["w_age"])
+        if name == "mlp":
+            self.weights = [float(w) for w in p["weights"]]
+            if len(self.weights) < 4 or len(self.weights) % 3 != 1:
+                raise ValueError(f"weights must hold 3H + 1 >= 4 numbers, got {len(self.weights)}")
 
     def rank(self, x: Fraction, y: Fraction, a: Fraction, age: Fraction, index: int) -> Rank:
         """The rank of one job: a line-by-line copy of the `rank` methods in jaxq/policies.py."""
@@ -133,13 +138,29 @@ class _Policy:
             primary = (self.w_prediction * y + self.w_remaining * (y - a) + self.w_attained * a
                        + self.w_age * age)
             return Rank(primary, index, started and not self.preemptive)
+        if name == "mlp":
+            return Rank(self.static_rank(y) - a, index, False)
         raise AssertionError(name)
+
+    def static_rank(self, y: Fraction) -> Fraction:
+        """h(y) = y exp(m(log y)), m(z) = sum_h v_h tanh(w_h z + b_h) + c. The one inexact step
+        here: transcendental, so evaluated in float64 (math) and taken exactly from there. It is
+        a constant per job, so the run stays exact given it; the engine's float64 h may differ
+        in the last bit, which reorders jobs only at such near-ties."""
+        h = (len(self.weights) - 1) // 3
+        w, b, v, c = (self.weights[:h], self.weights[h:2 * h], self.weights[2 * h:3 * h],
+                      self.weights[3 * h])
+        if y <= 0:
+            return Fraction(0)
+        z = math.log(float(y))
+        m = sum(vi * math.tanh(wi * z + bi) for wi, bi, vi in zip(w, b, v)) + c
+        return Fraction(float(y) * math.exp(m))
 
     def slope(self) -> Fraction:
         """d(primary)/d(attained) for an unlocked job, as in jaxq/policies.py."""
         if self.name == "las":
             return Fraction(1)
-        if self.name in ("srpt", "sprpt", "sprpt-limited"):
+        if self.name in ("srpt", "sprpt", "sprpt-limited", "mlp"):
             return Fraction(-1)
         if self.name == "linear":
             return self.w_attained - self.w_remaining

@@ -155,15 +155,23 @@ ALL_CONFIGS = [
     ("linear", {"w_prediction": 0.5, "w_remaining": 1.0, "w_attained": 0.25, "w_age": 0.5,
                 "preemptive": False}),
     NONPREEMPTIVE_RISING,  # slope > 0 but locked once started: never shares
+    ("mlp", {"weights": (1.0, 0.0, 0.0, 0.0)}),  # v = c = 0: sprpt
+    # h(y) = y exp(m(log y)) with three units: non-monotone in places, so it reorders jobs
+    ("mlp", {"weights": (0.8, -0.3, 1.2, 0.5, 0.2, -0.1, -0.7, 0.4, 0.6, 0.1)}),
 ]
 
 # On lattice instances only parameters that keep float arithmetic exact (dyadic weights and c),
 # so that every tie of the exact reference is a tie in float64 too. (c = 0.3 and weights like 0.7
 # are not dyadic: the reference compares their exact binary values, which float64 products round.)
-LATTICE_CONFIGS = [
-    (name, params) for name, params in ALL_CONFIGS
-    if all(float(v * 4).is_integer() for v in params.values() if not isinstance(v, bool))
-]
+def _dyadic(value) -> bool:
+    if isinstance(value, tuple):  # the MLP's weights: exact only when its output is exp(0) = 1
+        h = (len(value) - 1) // 3
+        return not any(value[2 * h:])
+    return isinstance(value, bool) or float(value * 4).is_integer()
+
+
+LATTICE_CONFIGS = [(name, params) for name, params in ALL_CONFIGS
+                   if all(_dyadic(v) for v in params.values())]
 
 
 def _config_id(config) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxq
-from jaxq.policies import Aging
+from jaxq.policies import MLP, Aging
 from jaxq.queue import Chunk
 from jaxq.relaxed import RelaxedSpec, run_one
 from jaxq.simulate import sample_chunk
@@ -26,6 +26,7 @@ POLICIES = {
     "onebit-preemptive": jaxq.OneBit(1.0, True), "linear": jaxq.Linear(0.5, 1.0, 0.0, 0.0),
     "linear-locked": jaxq.Linear(1.0, 0.0, 0.0, 0.0, preemptive=False),
     "aging": Aging(jaxq.SPRPT(), 0.3),
+    "mlp": MLP([0.8, -0.3, 1.2, 0.5, 0.2, -0.1, -0.7, 0.4, 0.6, 0.1]),
 }
 POLICIES.pop("las")  # its ranks rise with service: needs max_step re-ranking, tested below
 
@@ -93,6 +94,8 @@ CASES = {
     "c": (lambda t: jaxq.SPRPTLimited(t[0]), [0.4]),
     "aging": (lambda t: Aging(jaxq.SPRPT(), t[0]), [0.2]),
     "linear": (lambda t: jaxq.Linear(t[0], t[1], t[2], t[3]), [0.3, 1.0, 0.1, 0.05]),
+    # 10 weights, every one of which moves the mean
+    "mlp": (MLP, [0.8, -0.3, 1.2, 0.5, 0.2, -0.1, -0.7, 0.4, 0.6, 0.1]),
 }
 
 
@@ -114,6 +117,25 @@ def test_gradient_equals_finite_differences_of_the_relaxed_engine(name):
         np.testing.assert_allclose(forward, reverse, rtol=1e-8, atol=1e-10)
         np.testing.assert_allclose(forward, fd, rtol=1e-4, atol=1e-6)
         assert np.all(np.abs(fd) > 1e-4)  # a real dependence, not 0 == 0
+
+
+def test_checkpointed_reverse_mode_equals_forward_mode():
+    """Reverse mode with every step recomputed in the backward pass (RelaxedSpec(checkpoint=True),
+    what `tune(mode="reverse")` uses for many parameters) gives forward mode's gradient."""
+    policy_of, theta = CASES["mlp"]
+    with jax.enable_x64(True):
+        system = jaxq.System(0.8, predictor=jaxq.LognormalNoise(0.5))
+        chunks = jax.vmap(lambda k: sample_chunk(system, k, 0, 120))(
+            jax.random.split(jax.random.key(4), 2))
+        theta = jnp.asarray(theta, jnp.float64)
+
+        def f(checkpoint):
+            spec = RelaxedSpec(capacity=64, jobs=120, warmup=10, steps=240,
+                               checkpoint=checkpoint)
+            return lambda t: _relaxed_mean(policy_of, t, 0.2, chunks, spec)
+
+        np.testing.assert_allclose(jax.grad(f(True))(theta), jax.jacfwd(f(False))(theta),
+                                   rtol=1e-8, atol=1e-10)
 
 
 def test_exact_engine_derivative_of_an_ordering_parameter_is_zero():

@@ -54,8 +54,8 @@ def add_llm_options(p):
     s.add_argument("--threshold", type=float, default=256.0,
                    help="onebit: short iff predicted output < threshold tokens")
     s.add_argument("--preemptive", action="store_true", help="onebit / linear: preemptive")
-    s.add_argument("--weights", default="0,1,0,0",
-                   help=f"linear: {','.join(LINEAR_WEIGHTS)} (4 to 7 numbers)")
+    s.add_argument("--weights", default=None,
+                   help=f"linear: {','.join(LINEAR_WEIGHTS)} (4 to 7 numbers; default 0,1,0,0)")
     s.add_argument("--aging", type=float, default=0.0,
                    help="subtract this times the time in system (s) from the rank")
     s.add_argument("--predictor", default="perfect", help=f"one of: {', '.join(PREDICTOR_NAMES)}")

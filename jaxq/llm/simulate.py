@@ -31,6 +31,7 @@ from jaxq.llm.workloads import LLMWorkload, Trace
 from jaxq.policies import FCFS, LLM_POLICIES, Policy, without_aging
 from jaxq.predictors import Perfect, Predictor
 from jaxq.simulate import CapacityError, _as_key, _replica_keys
+from jaxq.system import batch_shape, flatten
 
 QUANTILES = (0.5, 0.9, 0.99)
 _STREAM_WORKLOAD, _STREAM_PREDICTIONS, _STREAM_REFINE = 0, 1, 2
@@ -105,7 +106,8 @@ class LLMSystem(eqx.Module):
             check_nonnegative(name, getattr(self, name))
         base = without_aging(self.policy)
         if base.name not in LLM_POLICIES:
-            raise ValueError(f"unknown policy {base.name!r}; valid: {', '.join(LLM_POLICIES)}")
+            raise ValueError(f"policy {base.name!r} is not one of the LLM engine's: "
+                             f"{', '.join(LLM_POLICIES)}")
 
     def params(self) -> EngineParams:
         return EngineParams(**{name: getattr(self, name) for name in _INT_FIELDS + _FLOAT_FIELDS})
@@ -253,7 +255,7 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
         raise ValueError(f"warmup must be below the number of requests ({n}), got {warmup}")
 
     shape = _batch_shape(system)
-    flat = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, shape).reshape(-1), system)
+    flat, _ = flatten(system)
     b = math.prod(shape) if shape else 1
     keys = _replica_keys(_as_key(key), flat.seed, replicas)
     per = jax.tree_util.tree_map(lambda x: jnp.repeat(x, replicas, axis=0), flat)
@@ -378,7 +380,7 @@ def _check_count(name, value, low):
 
 def _batch_shape(system: LLMSystem) -> tuple[int, ...]:
     try:
-        return np.broadcast_shapes(*[jnp.shape(x) for x in jax.tree_util.tree_leaves(system)])
+        return batch_shape(system)
     except ValueError as err:
         raise ValueError(f"the LLMSystem's batch axes do not broadcast together: {err}") from None
 
