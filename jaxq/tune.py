@@ -30,8 +30,9 @@ Each step draws fresh jobs (seeds folded with the step), so all three are stocha
 methods.
 
 The objective is one metric or a weighted mix, "latency_p99" or "latency_p99:1,ttft_mean:0.5"
-(or a dict {name: weight}); a metric to be maximised (goodput) enters with a minus sign. The LLM
-engine has no relaxed form yet, so `tune_llm` offers "es" only.
+(or a dict {name: weight}); a metric to be maximised (goodput) enters with a minus sign.
+`tune_llm` offers "es" and "gradient", the latter through the relaxed LLM engine
+(jaxq.llm.relaxed, a fluid model: recompute preemption and optimistic admission only).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ import numpy as np
 import optax
 
 from jaxq.policies import MLP, Aging, Linear, OneBit, SPRPTLimited, without_aging
+from jaxq.llm.relaxed import RelaxedLLMSpec
+from jaxq.llm.relaxed import run_one as run_llm
 from jaxq.relaxed import RelaxedSpec, run_one
 from jaxq.simulate import _replica_keys, sample_chunk, simulate
 from jaxq.spa import check_spa, run_spec, threshold_derivative
@@ -231,6 +234,52 @@ def relaxed_gradient(spec: RelaxedSpec, terms, system: System, layout: "Layout",
         grad = jax.jacfwd(lambda u: f(u)[0])(u)
     else:
         (value, problems), grad = jax.value_and_grad(f, has_aux=True)(u)
+    return value, grad, problems
+
+
+def _relaxed_llm_metric(runs, reqs, warmup, name):
+    """One metric over the pooled (R, N - W) requests of a configuration's relaxed LLM runs."""
+    base, _, stat = name.rpartition("_")
+    latency, ttft = runs.latency[:, warmup:], runs.ttft[:, warmup:]
+    output = reqs.output[:, warmup:].astype(latency.dtype)
+    if base == "latency":
+        x = latency
+    elif base == "ttft":
+        x = ttft
+    elif base == "tpot":  # requests with O >= 2 only
+        x = jnp.where(output >= 2, (latency - ttft) / jnp.maximum(output - 1.0, 1.0), jnp.nan)
+    else:  # latency_per_token
+        x = latency / output
+    quantile = {"mean": None, "p90": 0.90, "p99": 0.99}[stat]
+    return jnp.nanmean(x) if quantile is None else jnp.nanquantile(x, quantile)
+
+
+def relaxed_llm_objective(spec: RelaxedLLMSpec, terms, system, workload, keys, tau):
+    """(objective, problems) of one LLM configuration (an LLMSystem without batch axes) over its
+    replicas (keys: (R,)): requests sampled as the exact engine samples them."""
+    from jaxq.llm.simulate import _requests
+
+    per = jax.tree_util.tree_map(lambda x: jnp.broadcast_to(x, keys.shape + jnp.shape(x)),
+                                 system)
+    reqs = _requests(per, workload, keys, spec.requests, False)
+    params = system.params()
+    runs = jax.vmap(lambda r: run_llm(spec, params, system.policy, tau, r))(reqs)
+    value = sum(w * _relaxed_llm_metric(runs, reqs, spec.warmup, n) for n, w in terms)
+    return value, jnp.sum(runs.unfinished + runs.overflow)
+
+
+def relaxed_llm_gradient(spec: RelaxedLLMSpec, terms, system, workload, layout: "Layout", u,
+                         keys, tau, mode: str = "forward"):
+    """(objective, d objective / du (P,), problems) for one LLM configuration."""
+    def f(u):
+        return relaxed_llm_objective(spec, terms, with_values(system, layout.names,
+                                                              layout.values(u)),
+                                     workload, keys, tau)
+
+    if mode == "forward":
+        value, problems = f(u)
+        return value, jax.jacfwd(lambda u: f(u)[0])(u), problems
+    (value, problems), grad = jax.value_and_grad(f, has_aux=True)(u)
     return value, grad, problems
 
 
@@ -421,14 +470,20 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
              replicas: int = 2, es_pairs: int = 4, es_sigma: float = 0.1,
              eval_requests: int = 2000, eval_replicas: int = 4, slots: int | None = None,
              ttft_slo: float = math.inf, tpot_slo: float = math.inf,
-             max_iterations: int | None = None, key: int = 0,
+             max_iterations: int | None = None, method: str = "es",
+             tau: tuple[float, float] = (30.0, 30.0), mode: str = "forward",
+             relaxed_slots: int = 128, key: int = 0,
              progress: Callable[[int, int], None] | None = None) -> TuneResult:
     """Learn `names` for every configuration of the LLMSystem `system` on `workload` (an
-    LLMWorkload) by evolution strategies on the exact LLM engine; `hard` is the learned
-    policies' LLMResult on eval_requests x eval_replicas fresh requests. max_iterations bounds
-    every run (jaxq.llm.simulate): a point the search tries may rank requests so that they
-    swap forever (README: a rank that rises as a request generates), and its unfinished
-    requests are then counted in `problems` instead of stalling the step."""
+    LLMWorkload) by evolution strategies on the exact LLM engine (method "es"), or by the
+    pathwise gradient of the relaxed LLM engine (method "gradient", jaxq.llm.relaxed: recompute
+    preemption and optimistic admission only; tau in tokens, the unit of LLM ranks;
+    relaxed_slots requests in system at most, arrivals beyond them dropped and counted); `hard`
+    is the learned policies' LLMResult on eval_requests x eval_replicas fresh requests.
+    max_iterations bounds every exact run (jaxq.llm.simulate): a point the search tries may
+    rank requests so that they swap forever (README: a rank that rises as a request
+    generates), and its unfinished requests are then counted in `problems` instead of stalling
+    the step."""
     from jaxq.llm.simulate import LLMSystem, _check_count
     from jaxq.llm.simulate import simulate as simulate_llm
     from jaxq.llm.workloads import LLMWorkload
@@ -442,8 +497,19 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
     names = check_names(system, names)
     scales = check_scales(names, scales)
     terms = parse_objective(objective, LLM_OBJECTIVES)
-    _check(method="es", steps=steps, learning_rate=learning_rate, tau=(1.0, 1.0),
-           mode="forward", es_pairs=es_pairs, es_sigma=es_sigma)
+    _check(method=method, steps=steps, learning_rate=learning_rate, tau=tau, mode=mode,
+           es_pairs=es_pairs, es_sigma=es_sigma)
+    if method == "spa":
+        raise ValueError("method 'spa' tunes a queue's onebit threshold; the LLM engine takes "
+                         "'es' or 'gradient'")
+    if method == "gradient":
+        _check_relaxed_llm(system, terms)
+        _check_count("relaxed_slots", relaxed_slots, 1)
+        # Measured, not assumed: scripts/bench_tune_llm.py (README, "The relaxed LLM engine").
+        warnings.warn("the relaxed LLM engine's gradient is not reliable: under memory "
+                      "pressure it missed a slope that evolution strategies on the exact "
+                      "engine measured clearly (README, 'The relaxed LLM engine'); use "
+                      "method='es'", RuntimeWarning, stacklevel=2)
     for name, value, low in (("requests", requests, 2), ("replicas", replicas, 1),
                              ("eval_requests", eval_requests, 2),
                              ("eval_replicas", eval_replicas, 1)):
@@ -461,9 +527,21 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
                          **options)
         return objective_value(r, terms), np.sum(r.overflow) + np.sum(r.unfinished)
 
+    taus = np.geomspace(tau[0], tau[1], steps) if method == "gradient" else np.full(steps, np.nan)
+    spec = RelaxedLLMSpec(slots=relaxed_slots, requests=requests, warmup=requests // 10,
+                          steps=6 * requests, checkpoint=mode == "reverse")
+    seeds = jnp.asarray(flat.seed).reshape(-1)
+
+    @jax.jit
+    def grad_step(flat, u, keys, tau):
+        return jax.vmap(lambda s, u, k: relaxed_llm_gradient(
+            spec, terms, s, workload, problems.layout, u, k, tau, mode))(flat, u, keys)
+
     def step_fn(step, u):
-        return _es_step(problems, u, jax.random.fold_in(jax.random.key(key), step), evaluate,
-                        pairs=es_pairs, sigma=es_sigma)
+        step_key = jax.random.fold_in(jax.random.key(key), step)
+        if method == "gradient":
+            return grad_step(flat, u, _replica_keys(step_key, seeds, replicas), taus[step])
+        return _es_step(problems, u, step_key, evaluate, pairs=es_pairs, sigma=es_sigma)
 
     u, trace_obj, trace_u, bad = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
                                       step_fn, progress)
@@ -471,8 +549,22 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
                                         for v in problems.values(u)])
     hard = simulate_llm(_fresh_seeds(tuned), workload, requests=eval_requests,
                         replicas=eval_replicas, key=key + 1, **options)
-    return _result(problems, u, trace_obj, trace_u, np.full(steps, np.nan), hard, terms, bad,
-                   "es", start)
+    return _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad, method, start)
+
+
+def _check_relaxed_llm(system, terms):
+    """What the relaxed LLM engine models: refuse the rest by name, before tracing."""
+    if system.preemption != "recompute":
+        raise ValueError("method 'gradient' needs preemption='recompute' (the relaxed LLM "
+                         "engine has no swap yet); use method 'es' for swap")
+    if system.admission != "optimistic":
+        raise ValueError("method 'gradient' needs admission='optimistic' (the relaxed LLM "
+                         "engine has no reservations)")
+    if system.refine or system.prefix_cache:
+        raise ValueError("method 'gradient' supports neither refinement nor the prefix cache")
+    if any(n == "goodput" for n, _ in terms):
+        raise ValueError("method 'gradient' cannot differentiate goodput (a count of requests "
+                         "meeting SLOs); use method 'es'")
 
 
 def _gradient_step(spec, terms, layout, mode):

@@ -22,7 +22,7 @@ import numpy as np
 TUNE_DEFAULTS = dict(steps=100, lr=0.05, tau="0.3:0.03", tune_jobs=500, tune_replicas=16,
                      tune_capacity=64, es_pairs=8, es_sigma=0.1, spa_flips=8)
 LLM_TUNE_DEFAULTS = dict(steps=30, lr=0.1, tune_requests=1000, tune_replicas=2, es_pairs=4,
-                         es_sigma=0.1)
+                         es_sigma=0.1, tau="30:30", tune_slots=128)
 
 
 def add_tune_parser(sub):
@@ -58,13 +58,22 @@ def add_tune_parser(sub):
 
     m = engines.add_parser("llm", conflict_handler="resolve",
                            help="tune an LLM engine policy by evolution strategies on the exact "
-                                "engine (no relaxed LLM engine yet)")
+                                "engine, or by gradient through the relaxed one")
     add_llm_options(m)
     m.add_argument("--sigma", default="0.5",
                    help="lognormal predictor noise; a comma-separated list tunes each value")
     g = _add_common(m, LLM_TUNE_DEFAULTS, LLM_OBJECTIVES, "latency_mean")
     g.add_argument("--tune-requests", type=int, default=LLM_TUNE_DEFAULTS["tune_requests"],
                    help="requests per run in each step")
+    g.add_argument("--method", default="es", choices=("es", "gradient"),
+                   help="es: evolution strategies on the exact engine; gradient: through the "
+                        "relaxed LLM engine (recompute preemption, optimistic admission)")
+    g.add_argument("--tau", default=LLM_TUNE_DEFAULTS["tau"],
+                   help="temperature in tokens START:END, geometric over the steps (gradient)")
+    g.add_argument("--mode", default="forward", choices=("forward", "reverse"),
+                   help="forward-mode (few parameters) or reverse-mode gradients")
+    g.add_argument("--tune-slots", type=int, default=LLM_TUNE_DEFAULTS["tune_slots"],
+                   help="request slots of the relaxed engine (gradient)")
 
 
 def _add_common(p, defaults, objectives, objective):
@@ -166,7 +175,8 @@ def cmd_tune(args) -> dict:
         r = tune.tune_llm(system, workload, names, requests=args.tune_requests,
                           eval_requests=args.requests, eval_replicas=args.replicas,
                           slots=args.slots, ttft_slo=args.ttft_slo, tpot_slo=args.tpot_slo,
-                          max_iterations=args.max_iterations,
+                          max_iterations=args.max_iterations, method=args.method,
+                          tau=_tau(args.tau), mode=args.mode, relaxed_slots=args.tune_slots,
                           **common)
     if progress:
         print(file=sys.stderr)
