@@ -225,15 +225,17 @@ def relaxed_gradient(spec: RelaxedSpec, terms, system: System, layout: "Layout",
                      mode: str = "forward"):
     """(objective, d objective / du (P,), problems) for one configuration: u (P,) unconstrained,
     laid out as `layout` says."""
-    def f(u):
-        return relaxed_objective(spec, terms, with_values(system, layout.names, layout.values(u)),
-                                 keys, tau)
+    return _value_and_gradient(lambda u: relaxed_objective(
+        spec, terms, with_values(system, layout.names, layout.values(u)), keys, tau), u, mode)
 
+
+def _value_and_gradient(f, u, mode):
+    """(value, d value / du, problems) of f: u -> (value, problems), in forward mode
+    (jax.jacfwd: a pass per parameter) or reverse mode (one backward pass)."""
     if mode == "forward":
         value, problems = f(u)
-        grad = jax.jacfwd(lambda u: f(u)[0])(u)
-    else:
-        (value, problems), grad = jax.value_and_grad(f, has_aux=True)(u)
+        return value, jax.jacfwd(lambda u: f(u)[0])(u), problems
+    (value, problems), grad = jax.value_and_grad(f, has_aux=True)(u)
     return value, grad, problems
 
 
@@ -271,16 +273,9 @@ def relaxed_llm_objective(spec: RelaxedLLMSpec, terms, system, workload, keys, t
 def relaxed_llm_gradient(spec: RelaxedLLMSpec, terms, system, workload, layout: "Layout", u,
                          keys, tau, mode: str = "forward"):
     """(objective, d objective / du (P,), problems) for one LLM configuration."""
-    def f(u):
-        return relaxed_llm_objective(spec, terms, with_values(system, layout.names,
-                                                              layout.values(u)),
-                                     workload, keys, tau)
-
-    if mode == "forward":
-        value, problems = f(u)
-        return value, jax.jacfwd(lambda u: f(u)[0])(u), problems
-    (value, problems), grad = jax.value_and_grad(f, has_aux=True)(u)
-    return value, grad, problems
+    return _value_and_gradient(lambda u: relaxed_llm_objective(
+        spec, terms, with_values(system, layout.names, layout.values(u)), workload, keys, tau),
+        u, mode)
 
 
 # ---------------------------------------------------------------------------- the tuning loop
@@ -290,11 +285,11 @@ class TuneResult:
     """Learned values and how they were found; S is the system's batch shape."""
 
     names: tuple[str, ...]
-    values: dict  # name -> S, the learned value
+    values: dict  # name -> S (S + (D,) for a vector), the learned value
     hard: object  # the exact engine's Result (LLMResult) of the learned policies on fresh seeds
     objective: np.ndarray  # S, the objective of `hard` (objective_value)
     trace_objective: np.ndarray  # (steps,) + S: the objective the method saw at each step
-    trace_values: dict  # name -> (steps,) + S
+    trace_values: dict  # name -> (steps,) + S [+ (D,)]
     trace_tau: np.ndarray  # (steps,) temperature (NaN for spa and es)
     problems: int  # jobs dropped or left unfinished in the runs the optimiser saw (relaxed or
     #   exact), over all steps (0: none)
@@ -348,6 +343,10 @@ class _Problems:
     def values(self, u) -> list:
         return self.layout.values(u)
 
+    def shaped(self, values, lead=()) -> list:
+        """Values (lead..., b[, D]) reshaped to (lead..., S[, D]), S the system's batch shape."""
+        return [np.reshape(v, lead + self.shape + np.shape(v)[len(lead) + 1:]) for v in values]
+
 
 def _optimise(problems: _Problems, opt, steps, step_fn, progress):
     """(final u, objectives (steps, b), u (steps, b, P), jobs dropped or unfinished): `steps`
@@ -369,18 +368,14 @@ def _optimise(problems: _Problems, opt, steps, step_fn, progress):
 
 
 def _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad, method, start):
-    shape, steps = problems.shape, trace_obj.shape[0]
-    def unflat(v, lead):  # (lead..., b[, D]) -> (lead..., S[, D])
-        v = np.asarray(v)
-        return v.reshape(lead + shape + v.shape[len(lead) + 1:])
-
-    learned = [unflat(v, ()) for v in problems.values(u)]
+    steps = trace_obj.shape[0]
+    learned = problems.shaped(problems.values(u))
+    traced = problems.shaped(problems.values(trace_u), (steps,))
     return TuneResult(
         names=problems.names, values=dict(zip(problems.names, learned)), hard=hard,
         objective=objective_value(hard, terms),
-        trace_objective=trace_obj.reshape((steps,) + shape),
-        trace_values={n: unflat(v, (steps,))
-                      for n, v in zip(problems.names, problems.values(trace_u))},
+        trace_objective=trace_obj.reshape((steps,) + problems.shape),
+        trace_values=dict(zip(problems.names, traced)),
         trace_tau=taus, problems=bad, method=method, seconds=time.perf_counter() - start)
 
 
@@ -434,7 +429,8 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
                        checkpoint=mode == "reverse")
     seeds = jnp.asarray(flat.seed).reshape(-1)
     taus = np.geomspace(tau[0], tau[1], steps) if method == "gradient" else np.full(steps, np.nan)
-    grad_step = _gradient_step(spec, terms, problems.layout, mode)
+    grad_step = _gradient_step(lambda s, u, k, tau: relaxed_gradient(
+        spec, terms, s, problems.layout, u, k, tau, mode))
     spa_step = _spa_step(run_spec(jobs, warmup, capacity), terms, spa_flips)
 
     def evaluate(points):
@@ -457,8 +453,7 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
 
     u, trace_obj, trace_u, bad = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
                                       step_fn, progress)
-    tuned = with_values(system, names, [np.reshape(v, shape + np.shape(v)[1:])
-                                        for v in problems.values(u)])
+    tuned = with_values(system, names, problems.shaped(problems.values(u)))
     hard = simulate(_fresh_seeds(tuned), jobs=eval_jobs, replicas=eval_replicas, key=key + 1,
                     on_overflow="ignore")
     return _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad, method, start)
@@ -532,10 +527,8 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
                           steps=6 * requests, checkpoint=mode == "reverse")
     seeds = jnp.asarray(flat.seed).reshape(-1)
 
-    @jax.jit
-    def grad_step(flat, u, keys, tau):
-        return jax.vmap(lambda s, u, k: relaxed_llm_gradient(
-            spec, terms, s, workload, problems.layout, u, k, tau, mode))(flat, u, keys)
+    grad_step = _gradient_step(lambda s, u, k, tau: relaxed_llm_gradient(
+        spec, terms, s, workload, problems.layout, u, k, tau, mode))
 
     def step_fn(step, u):
         step_key = jax.random.fold_in(jax.random.key(key), step)
@@ -545,8 +538,7 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
 
     u, trace_obj, trace_u, bad = _optimise(problems, optimizer or optax.adam(learning_rate), steps,
                                       step_fn, progress)
-    tuned = with_values(system, names, [np.reshape(v, shape + np.shape(v)[1:])
-                                        for v in problems.values(u)])
+    tuned = with_values(system, names, problems.shaped(problems.values(u)))
     hard = simulate_llm(_fresh_seeds(tuned), workload, requests=eval_requests,
                         replicas=eval_replicas, key=key + 1, **options)
     return _result(problems, u, trace_obj, trace_u, taus, hard, terms, bad, method, start)
@@ -567,11 +559,13 @@ def _check_relaxed_llm(system, terms):
                          "meeting SLOs); use method 'es'")
 
 
-def _gradient_step(spec, terms, layout, mode):
+def _gradient_step(gradient):
+    """One compiled call for all b problems: gradient(system, u (P,), keys (R,), tau) ->
+    (objective, gradient (P,), problems), vmapped over the flattened system, u (b, P) and keys
+    (b, R)."""
     @jax.jit
     def step(flat, u, keys, tau):
-        return jax.vmap(lambda s, u, k: relaxed_gradient(spec, terms, s, layout, u, k, tau,
-                                                         mode))(flat, u, keys)
+        return jax.vmap(lambda s, u, k: gradient(s, u, k, tau))(flat, u, keys)
     return step
 
 

@@ -40,17 +40,13 @@ def add_tune_parser(sub):
                    help="lambda * E[S] in (0, 1); a comma-separated list tunes each load")
     q.add_argument("--sigma", default="0.5",
                    help="lognormal predictor noise; a comma-separated list tunes each value")
-    g = _add_common(q, TUNE_DEFAULTS, OBJECTIVES, "mean_response_time")
+    g = _add_common(q, TUNE_DEFAULTS, OBJECTIVES, "mean_response_time", tau_unit="")
     g.add_argument("--method", default="gradient", choices=METHODS,
                    help="gradient: through the relaxed engine; spa: the onebit threshold's "
                         "derivative on the exact engine from runs with one job's class "
                         "flipped; es: evolution strategies on the exact engine")
     g.add_argument("--spa-flips", type=int, default=TUNE_DEFAULTS["spa_flips"],
                    help="class flips per run and step (spa)")
-    g.add_argument("--tau", default=TUNE_DEFAULTS["tau"],
-                   help="temperature START:END, geometric over the steps (gradient)")
-    g.add_argument("--mode", default="forward", choices=("forward", "reverse"),
-                   help="forward-mode (few parameters) or reverse-mode gradients")
     g.add_argument("--tune-jobs", type=int, default=TUNE_DEFAULTS["tune_jobs"],
                    help="jobs per run in each step")
     g.add_argument("--tune-capacity", type=int, default=TUNE_DEFAULTS["tune_capacity"],
@@ -62,21 +58,17 @@ def add_tune_parser(sub):
     add_llm_options(m)
     m.add_argument("--sigma", default="0.5",
                    help="lognormal predictor noise; a comma-separated list tunes each value")
-    g = _add_common(m, LLM_TUNE_DEFAULTS, LLM_OBJECTIVES, "latency_mean")
+    g = _add_common(m, LLM_TUNE_DEFAULTS, LLM_OBJECTIVES, "latency_mean", tau_unit=" in tokens")
     g.add_argument("--tune-requests", type=int, default=LLM_TUNE_DEFAULTS["tune_requests"],
                    help="requests per run in each step")
     g.add_argument("--method", default="es", choices=("es", "gradient"),
                    help="es: evolution strategies on the exact engine; gradient: through the "
                         "relaxed LLM engine (recompute preemption, optimistic admission)")
-    g.add_argument("--tau", default=LLM_TUNE_DEFAULTS["tau"],
-                   help="temperature in tokens START:END, geometric over the steps (gradient)")
-    g.add_argument("--mode", default="forward", choices=("forward", "reverse"),
-                   help="forward-mode (few parameters) or reverse-mode gradients")
     g.add_argument("--tune-slots", type=int, default=LLM_TUNE_DEFAULTS["tune_slots"],
                    help="request slots of the relaxed engine (gradient)")
 
 
-def _add_common(p, defaults, objectives, objective):
+def _add_common(p, defaults, objectives, objective, tau_unit):
     from jaxq.tune import OPTIMIZERS, TUNABLE
 
     g = p.add_argument_group("tuning")
@@ -96,6 +88,10 @@ def _add_common(p, defaults, objectives, objective):
                    help="antithetic pairs per step (es)")
     g.add_argument("--es-sigma", type=float, default=defaults["es_sigma"],
                    help="perturbation scale in the unconstrained coordinate (es)")
+    g.add_argument("--tau", default=defaults["tau"],
+                   help=f"temperature{tau_unit} START:END, geometric over the steps (gradient)")
+    g.add_argument("--mode", default="forward", choices=("forward", "reverse"),
+                   help="forward-mode (few parameters) or reverse-mode gradients")
     return g
 
 
