@@ -31,7 +31,11 @@ def _add_model_options(p: argparse.ArgumentParser):
     g.add_argument("--policy", default="fcfs", help=f"one of: {', '.join(POLICY_NAMES)}")
     g.add_argument("--predictor", default="perfect", help=f"one of: {', '.join(PREDICTOR_NAMES)}")
     g.add_argument("--service", default="exponential", help=f"one of: {', '.join(SERVICE_NAMES)}")
-    g.add_argument("--load", type=float, required=True, help="lambda * E[S], in (0, 1)")
+    g.add_argument("--load", type=float, required=True,
+                   help="load per server, lambda * E[S] / servers, in (0, 1)")
+    g.add_argument("--servers", type=int, default=1,
+                   help="servers fed by one central queue (default 1); each serves one job at a "
+                        "time, and the `servers` best-ranked jobs are in service")
     g.add_argument("--alpha", type=float, default=0.5,
                    help="uniform predictor: y ~ U[(1-alpha)x, (1+alpha)x], alpha in [0, 1)")
     g.add_argument("--sigma", type=float, default=0.5,
@@ -152,6 +156,8 @@ def _numbers(name, text) -> list[float]:
 def _parameters(args) -> dict:
     keys = ("policy", "predictor", "service", "load")
     out = {k: getattr(args, k) for k in keys}
+    if args.servers != 1:
+        out["servers"] = args.servers
     extra = {"uniform": "alpha", "lognormal": "sigma"}.get(args.predictor)
     if extra:
         out[extra] = getattr(args, extra)
@@ -182,7 +188,8 @@ def build_system(args, model=None):
     import jaxq
 
     service, predictor, policy, arrivals = (model or build_model)(args)
-    return jaxq.System(args.load, service, predictor, policy, arrivals, seed=args.seed)
+    return jaxq.System(args.load, service, predictor, policy, arrivals, seed=args.seed,
+                       servers=args.servers)
 
 
 def simulate_options(args) -> dict:
@@ -227,8 +234,8 @@ def cmd_theory(args) -> dict:
         raise ValueError("theory is exact for Poisson arrivals only (--arrival-cv 1)")
     out = _parameters(args)
     out["mean_response_time"] = float(theory.mean_response_time(policy, service, predictor,
-                                                                args.load))
-    if args.policy == "onebit":
+                                                                args.load, args.servers))
+    if args.policy == "onebit" and args.servers == 1:
         t, value = theory.optimal_onebit_threshold(service, predictor, args.load, args.preemptive)
         out.update(optimal_threshold=float(t), optimal_mean_response_time=float(value))
     return out
@@ -254,10 +261,11 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxq", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    q = sub.add_parser("queue", help="simulate one M/G/1 configuration with replicas")
+    q = sub.add_parser("queue", help="simulate one M/G/1 (or M/G/k) configuration with replicas")
     add_queue_options(q)
 
-    t = sub.add_parser("theory", help="exact mean response time (M/G/1, Poisson arrivals)")
+    t = sub.add_parser("theory", help="exact mean response time (M/G/1, and M/M/k fcfs; Poisson "
+                                      "arrivals)")
     _add_model_options(t)
 
     from jaxq.llm.cli import add_llm_parser

@@ -1,8 +1,10 @@
-"""The exact, event-driven single-server engine.
+"""The exact, event-driven engine: one server, or k servers fed by one central queue.
 
 Continuous time, no discretisation: each step of the loop jumps to the next event (an arrival, a
-departure, or, for policies whose rank rises with service, the moment the served job catches up
-with a waiting one) and advances every job in the system by exactly that much. Jobs live in K
+departure, or, for policies whose rank rises with service, the moment the served jobs catch up
+with waiting ones) and advances every job in the system by exactly that much. With k servers the
+k best-ranked jobs are served, each by a server of its own (under a rank that rises with service,
+jobs whose ranks have met share the servers left to them: see _shared_servers). Jobs live in K
 fixed slots; state is kept relative (ages, attained service, time since the last arrival), never
 as an absolute clock, so float32 stays accurate on long runs.
 
@@ -38,6 +40,7 @@ class EngineSpec:
     bucket_edges: tuple[float, ...]  # size-bucket edges (B-1,)
     histogram_bins: int  # H
     record_jobs: int = 0  # keep each job's response time (traces only)
+    servers: int = 1  # the most servers any configuration of the batch has (its own: `servers`)
 
 
 class Slots(NamedTuple):
@@ -192,7 +195,7 @@ class _Event(NamedTuple):
     served: jax.Array  # (K, B) bool, the jobs in service
     leaving: jax.Array  # (K, B) bool, one-hot: the served job with least remaining work
     served_group: jax.Array  # int32 label of the group served (sharing policies)
-    rate: jax.Array  # service rate of each served job, 1 / (number served)
+    rate: jax.Array  # service rate of each served job: (B,) if all share it, else (K, B)
     next_group: jax.Array  # int32 label of the group a merge joins
     free_slot: jax.Array  # int32 first free slot (K if none)
     new_size: jax.Array  # the arriving job's size
@@ -202,10 +205,80 @@ class _Event(NamedTuple):
     leave_age: jax.Array  # its response time
 
 
-def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, p: _Inner):
+def _top(mask, primary, tiebreak, first, servers, most: int):
+    """(K, B) bool: the `servers` (B,) best slots where mask holds by (primary, tiebreak), all of
+    them if fewer; `first` is the best one (from _best). One masked minimum per further server,
+    up to `most` (static): cheaper than a sort of K slots while servers are few."""
+    served = first
+    for extra in range(1, most):
+        more, _ = _best(mask & ~served, primary, tiebreak)
+        served |= more & (extra < servers)
+    return served
+
+
+def _shared_servers(policy: Policy, p: _Inner, primary, tiebreak, servers, most: int):
+    """Who is served, and at what rate, on k servers under a rank that rises with service (las,
+    linear with slope > 0): groups (jobs with one label, whose ranks have met) take servers in
+    rank order, each job of a group that fits on a server of its own, and the first group that
+    does not fit shares what is left equally (the limit of ties broken by arrival order as the
+    ranks rise). So every job is served at rate 1 but those of that boundary group, and at most
+    `most` groups are served.
+
+    Ranks change at slope * rate, so two adjacent groups meet only where the one ahead moves
+    faster: the last full group catching the boundary group, or the last served group catching
+    the best waiting one. Returns served (K, B) bool, rate (K, B), the time per unit of remaining
+    work (K, B) (1 / rate where served), the time to the first such meeting (B,) (inf if none)
+    and the labels of the group that absorbs and of the one absorbed. (Times are written as
+    work * size / share, which is how the one-server engine rounds them: one server then gives
+    its results bit for bit.)"""
+    dtype = primary.dtype
+    assigned = jnp.zeros(primary.shape, bool)
+    rate = jnp.zeros(primary.shape, dtype)
+    per_work = jnp.ones(primary.shape, dtype)
+    left = servers
+    none = jnp.full(servers.shape, -1, jnp.int32)
+    zero = jnp.zeros(servers.shape, dtype)
+    # (label, primary, share, size) of the last two groups given servers; label -1 if none
+    last = before = (none, zero, zero, zero)
+    for _ in range(most):
+        pick, p_pick = _best(p.present & ~assigned, primary, tiebreak)
+        label = _pick(pick, p.group)
+        members = p.present & ~assigned & (p.group == label) & jnp.any(pick, axis=0)
+        size = jnp.sum(members, axis=0, dtype=jnp.int32)
+        got = (left > 0) & (size > 0)
+        share = jnp.minimum(size, left)
+        members &= got
+        share_f, size_f = share.astype(dtype), size.astype(dtype)
+        rate = jnp.where(members, share_f / size_f, rate)
+        per_work = jnp.where(members, size_f / share_f, per_work)
+        assigned |= members
+        left = left - jnp.where(got, share, 0)
+        before = tuple(jnp.where(got, b, a) for a, b in zip(before, last))
+        last = tuple(jnp.where(got, b, a) for a, b in zip(last, (label, p_pick, share_f, size_f)))
+    waiting, p_waiting = _best(p.present & ~assigned, primary, tiebreak)
+    slope = policy.slope()
+    meet = policy.shares() & (slope > 0)  # else ranks never meet: every group is one job
+    slope = jnp.where(meet, slope, 1.0)
+    # the last full group catching the boundary group (which moves at rate < 1)
+    last_rate = last[2] / jnp.maximum(last[3], 1.0)
+    catch = meet & (before[0] >= 0) & (last_rate < 1.0)
+    dt_catch = jnp.where(catch, jnp.maximum(last[1] - before[1], 0.0)
+                         / (slope * jnp.where(catch, 1.0 - last_rate, 1.0)), jnp.inf)
+    # the last served group catching the best waiting one
+    reach = meet & (last[0] >= 0) & jnp.any(waiting, axis=0)
+    dt_reach = jnp.where(reach, jnp.maximum(p_waiting - last[1], 0.0) * last[3]
+                         / (slope * jnp.where(reach, last[2], 1.0)), jnp.inf)
+    first = dt_catch <= dt_reach
+    return (assigned, rate, per_work, jnp.minimum(dt_catch, dt_reach),
+            jnp.where(first, before[0], last[0]),
+            jnp.where(first, last[0], _pick(waiting, p.group)))
+
+
+def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, servers, p: _Inner):
     """The next event of every configuration, and its record (7, B) for the metrics: the time
-    advanced inside the measurement window (also that time when busy, and times the number in
-    system), and the response time, slowdown and size of a measured departure, with a 0/1 flag."""
+    advanced inside the measurement window (also the busy servers' share of that time, and that
+    time times the number in system), and the response time, slowdown and size of a measured
+    departure, with a 0/1 flag. servers: (B,) int32, each configuration's number of servers."""
     dtype = p.size.dtype
     arrived, number = p.counters[_ARRIVED], p.counters[_NUMBER]
     anyone = number > 0
@@ -218,7 +291,7 @@ def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, p: _I
     # Who is served: the best job by (primary, tiebreak); for policies whose rank rises with
     # service, every job sharing its group label, in equal shares.
     best, p_best, free_slot = _best(p.present, primary, rank.tiebreak, also_first=~p.present)
-    if policy.may_share:
+    if policy.may_share and spec.servers == 1:
         served_group = _pick(best, p.group)
         served = p.present & (p.group == served_group) & anyone
         n_served = jnp.sum(served, axis=0, dtype=jnp.int32)
@@ -233,10 +306,29 @@ def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, p: _I
                              catch_up * n_served / jnp.where(slope > 0, slope, 1.0), inf)
         next_group = _pick(waiting, p.group)
         leave_size, leave_age, leave_index = _pick_fields(leaving, [p.size, p.age], [p.index])
+        rate = 1.0 / jnp.maximum(n_served, 1).astype(dtype)
+    elif policy.may_share:
+        served, rate, per_work, dt_merge, served_group, next_group = _shared_servers(
+            policy, p, primary, rank.tiebreak, servers, spec.servers)
+        leaving, dt_done = _best(served, remaining * per_work, p.index)
+        dt_done = jnp.where(anyone, dt_done, inf)
+        leave_size, leave_age, leave_index = _pick_fields(leaving, [p.size, p.age], [p.index])
+    elif spec.servers > 1:
+        # A central queue with k servers: the k best jobs are served, one per server at rate 1
+        # (locked jobs rank first, and at most k are ever locked: only served jobs start).
+        # Ranks that do not rise with service never overtake, so only arrivals and departures
+        # change who is served.
+        served_group = next_group = jnp.zeros(anyone.shape, jnp.int32)
+        served = _top(p.present, primary, rank.tiebreak, best, servers, spec.servers)
+        rate = jnp.ones(anyone.shape, dtype)
+        leaving, least = _best(served, remaining, p.index)
+        leave_size, leave_age, leave_index = _pick_fields(leaving, [p.size, p.age], [p.index])
+        dt_done = jnp.where(anyone, least, inf)
+        dt_merge = inf
     else:  # one job at a time and nothing to catch up with: the cheap path for most policies
         served_group = next_group = jnp.zeros(anyone.shape, jnp.int32)
         served = leaving = best
-        n_served = anyone.astype(jnp.int32)
+        rate = jnp.ones(anyone.shape, dtype)
         leave_size, leave_age, least, leave_index = _pick_fields(
             best, [p.size, p.age, remaining], [p.index])
         dt_done = jnp.where(anyone, least, inf)
@@ -265,13 +357,14 @@ def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, p: _I
     in_window = (arrived > spec.warmup) & (arrived <= spec.warmup + spec.jobs)
     w = jnp.where(in_window, dt, 0.0)
     zero = jnp.zeros((), dtype)
-    record = jnp.stack([w, jnp.where(anyone, w, zero), w * number,
+    busy = jnp.minimum(number, servers).astype(dtype) / servers.astype(dtype)
+    record = jnp.stack([w, w * busy, w * number,
                         jnp.where(measured, leave_age, zero),
                         jnp.where(measured, leave_age / leave_size, zero),
                         jnp.where(measured, leave_size, zero), measured.astype(dtype)])
     event = _Event(
         done=done, merge=merge, arrival=arrival, dt=dt, served=served, leaving=leaving,
-        served_group=served_group, rate=1.0 / jnp.maximum(n_served, 1).astype(dtype),
+        served_group=served_group, rate=rate,
         next_group=next_group, free_slot=free_slot,
         new_size=new_size, new_prediction=new_prediction,
         finishes=(measured | dropped_measured).astype(jnp.int32), leave_index=leave_index,
@@ -361,11 +454,12 @@ def _record_batch(metrics: Accumulators, records, active, bucket_edges,
     return kept._replace(histogram=histogram)
 
 
-def run_chunk(spec: EngineSpec, policy: Policy, mean_size, chunk: Chunk,
-              state: QueueState) -> QueueState:
+def run_chunk(spec: EngineSpec, policy: Policy, mean_size, chunk: Chunk, state: QueueState,
+              servers=None) -> QueueState:
     """Process events until all C arrivals of `chunk` are in (finite horizon: until drained), for
     a batch of B configurations: every leaf of `policy`, `mean_size`, `chunk` and `state` has the
     batch axis B in front (chunk fields (B, C); state as init_state's, with B in front).
+    servers: (B,) int32 servers of each configuration, each at most spec.servers (default 1).
 
     Events are taken STEPS_PER_BATCH steps at a time (a fixed-length inner loop in which every
     configuration steps in lockstep, followed by one metrics update per batch); configurations
@@ -373,12 +467,14 @@ def run_chunk(spec: EngineSpec, policy: Policy, mean_size, chunk: Chunk,
     bucket_edges = jnp.asarray(spec.bucket_edges, dtype=float)
     chunk = Chunk(*(a.T for a in chunk))  # (C, B)
     start_arrived = state.arrived
+    if servers is None:
+        servers = jnp.ones(start_arrived.shape, jnp.int32)
 
     def has_work(inner):
         return _has_work(spec, inner.counters, start_arrived)
 
     def decide(inner):
-        return _decide(spec, policy, chunk, start_arrived, inner)
+        return _decide(spec, policy, chunk, start_arrived, servers, inner)
 
     def step(carry, _):
         inner, (event, record) = carry

@@ -86,7 +86,7 @@ def simulate(system: System, *, jobs: int, replicas: int = 8, warmup: int | None
     spec = EngineSpec(capacity=capacity, chunk=chunk, warmup=warmup, jobs=jobs,
                       finite_horizon=finite_horizon,
                       bucket_edges=tuple(float(e) for e in size_buckets),
-                      histogram_bins=histogram_bins)
+                      histogram_bins=histogram_bins, servers=int(np.max(system.servers)))
     keys = _replica_keys(_as_key(key), flat.seed, replicas)
     state = jax.tree_util.tree_map(
         lambda leaf: jnp.broadcast_to(leaf, (batch, replicas) + leaf.shape), init_state(spec))
@@ -135,6 +135,10 @@ def _validate(system, *, jobs, replicas, warmup, capacity, chunk, histogram_bins
     if not isinstance(system, System):
         raise TypeError(f"system must be a jaxq.System, got {type(system).__name__}")
     _check_queue_policy(system.policy)
+    servers = int(np.max(system.servers))
+    if servers > capacity:
+        raise ValueError(f"capacity must be at least the number of servers ({servers}), got "
+                         f"{capacity}")
     if not finite_horizon:
         check_range("load", system.load, low=0.0, low_open=True, high=1.0, high_open=True)
     try:
@@ -209,7 +213,7 @@ def _advance(spec: EngineSpec, mesh: jax.sharding.Mesh | None, system: System, k
                                                                                   keys)
         mean_size = jax.vmap(lambda s: s.service.mean())(per_replica)
         state = run_chunk(spec, per_replica.policy, mean_size, chunk,
-                          jax.tree_util.tree_map(flat, state))
+                          jax.tree_util.tree_map(flat, state), per_replica.servers)
         return jax.tree_util.tree_map(
             lambda a: jnp.reshape(a, (batch, replicas) + a.shape[1:]), state)
 
@@ -276,12 +280,14 @@ def _report_problems(result: Result, capacity: int, on_overflow: str):
             RuntimeWarning, stacklevel=3)
 
 
-def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | None = None):
+def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | None = None,
+          servers: int = 1):
     """Run the engine on a given list of jobs and return each job's departure time.
 
     The exact engine on a finite trace (no further arrivals after the last one; the system drains),
     for checking against hand-computed instances and a reference implementation. Arrival times
-    must be non-decreasing; predictions default to the true sizes.
+    must be non-decreasing; predictions default to the true sizes; `servers` serve one central
+    queue.
     """
     arrival_times = np.asarray(arrival_times, dtype=np.float64)
     sizes = np.asarray(sizes, dtype=np.float64)
@@ -293,8 +299,11 @@ def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | Non
         raise ValueError("arrival_times must be non-negative and non-decreasing")
     check_range("sizes", sizes, low=0.0, low_open=True, high=np.inf)
     check_range("predictions", predictions, low=0.0, high=np.inf)
+    if not isinstance(servers, (int, np.integer)) or isinstance(servers, bool) or servers < 1:
+        raise ValueError(f"servers must be an integer >= 1, got {servers!r}")
     spec = EngineSpec(capacity=capacity or n, chunk=n, warmup=0, jobs=n, finite_horizon=True,
-                      bucket_edges=DEFAULT_SIZE_BUCKETS, histogram_bins=1, record_jobs=n)
+                      bucket_edges=DEFAULT_SIZE_BUCKETS, histogram_bins=1, record_jobs=n,
+                      servers=int(servers))
     gaps = np.diff(arrival_times, prepend=0.0)
     state = _trace(spec, policy, Chunk(jnp.asarray(gaps, float), jnp.asarray(sizes, float),
                                        jnp.asarray(predictions, float)))
@@ -306,5 +315,6 @@ def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | Non
 @partial(jax.jit, static_argnums=0)
 def _trace(spec, policy, chunk):
     one = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], tree)  # noqa: E731
-    state = run_chunk(spec, one(policy), jnp.ones((1,), float), one(chunk), one(init_state(spec)))
+    state = run_chunk(spec, one(policy), jnp.ones((1,), float), one(chunk), one(init_state(spec)),
+                      jnp.full((1,), spec.servers, jnp.int32))
     return jax.tree_util.tree_map(lambda a: a[0], state)

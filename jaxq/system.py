@@ -1,4 +1,5 @@
-"""A queueing system to simulate: load, arrival process, service distribution, predictor, policy.
+"""A queueing system to simulate: load, arrival process, service distribution, predictor, policy,
+and the number of servers behind one central queue.
 
 `System` is the unit of a sweep. Any numeric field anywhere inside it may carry a batch axis:
 `System(load=jnp.linspace(0.5, 0.95, 10), predictor=LognormalNoise(sigma=...))` is a batch of
@@ -26,23 +27,25 @@ class System(eqx.Module):
     policy: Policy
     arrivals: Arrivals
     seed: jax.Array  # () or (batch,) int: configurations with equal seeds see the same jobs
+    servers: jax.Array  # () or (batch,) int >= 1: servers fed by one central queue
 
     def __init__(self, load, service: Distribution | None = None,
                  predictor: Predictor | None = None, policy: Policy | None = None,
-                 arrivals: Arrivals | None = None, seed=0):
+                 arrivals: Arrivals | None = None, seed=0, servers=1):
         self.load = jnp.asarray(load, dtype=float)
         self.service = Exponential() if service is None else service
         self.predictor = Perfect() if predictor is None else predictor
         self.policy = FCFS() if policy is None else policy
         self.arrivals = Poisson() if arrivals is None else arrivals
         self.seed = jnp.asarray(seed, dtype=jnp.int32)
+        self.servers = _servers(servers)
 
     def __check_init__(self):
         check_range("load", self.load, low=0.0, low_open=True, high=np.inf)
 
     def rate(self) -> jax.Array:
-        """Arrival rate lambda = load / E[S]."""
-        return self.load / self.service.mean()
+        """Arrival rate lambda = servers * load / E[S]: `load` is the load per server."""
+        return self.servers * self.load / self.service.mean()
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -53,6 +56,18 @@ class System(eqx.Module):
     def broadcast(self) -> "System":
         """Every leaf with the same leading batch shape (data axes kept)."""
         return broadcast(self)
+
+
+def _servers(servers) -> jax.Array:
+    if isinstance(servers, jax.core.Tracer):
+        return servers
+    values = np.asarray(servers)
+    if (values.dtype.kind not in "iu" and not (values.dtype.kind == "f"
+                                                and np.all(values == np.round(values)))):
+        raise ValueError(f"servers must be whole numbers >= 1, got {servers!r}")
+    if values.size and values.min() < 1:
+        raise ValueError(f"servers must be >= 1, got {int(values.min())}")
+    return jnp.asarray(values, dtype=jnp.int32)
 
 
 def _data_ndim(root, path) -> int:

@@ -1290,10 +1290,14 @@ def supports(policy, service, predictor) -> bool:
     return True
 
 
-def mean_response_time(policy, service, predictor, load) -> float:
-    """Exact E[T] of the M/G/1 queue with Poisson arrivals at lambda = load / E[X].
+def mean_response_time(policy, service, predictor, load, servers: int = 1) -> float:
+    """Exact E[T] of the M/G/1 queue with Poisson arrivals at lambda = load / E[X]; with
+    servers = k > 1, of M/M/k under fcfs (Erlang C, jaxq.erlang), at load = lambda E[X] / k.
 
-    Raises ValueError for load outside (0, 1) and for policies without a theory (linear)."""
+    Raises ValueError for load outside (0, 1) and for models without an exact theory (linear;
+    k > 1 with another policy or non-exponential sizes)."""
+    if servers != 1:
+        return _multi_server_mean(policy, service, load, servers)
     spec = _spec(policy)
     m = _Model(service, predictor, load)
     with _errstate():
@@ -1312,6 +1316,19 @@ def mean_response_time(policy, service, predictor, load) -> float:
     if not math.isfinite(out):
         raise FloatingPointError("mean response time evaluated to a non-finite number")
     return out
+
+
+def _multi_server_mean(policy, service, load, servers) -> float:
+    from jaxq import erlang
+
+    if not isinstance(_pol.without_aging(policy), _pol.FCFS):
+        raise ValueError(f"with servers > 1 the exact theory covers fcfs only (Erlang C), got "
+                         f"policy {policy.name!r}")
+    if not isinstance(service, _dist.Exponential):
+        raise ValueError(f"with servers > 1 the exact theory needs exponential sizes (M/M/k), "
+                         f"got {type(service).__name__}")
+    return erlang.mmk_mean_response_time(servers, _scalar("load", load),
+                                         _scalar("mean", service.mean_))
 
 
 def _perfect_mean_las(m):

@@ -406,6 +406,9 @@ def tune(system: System, names, *, method: str = "gradient", steps: int = 100,
     terms = parse_objective(objective, OBJECTIVES)
     _check(method=method, steps=steps, learning_rate=learning_rate, tau=tau, mode=mode,
            es_pairs=es_pairs, es_sigma=es_sigma)
+    if method != "es" and int(np.max(system.servers)) > 1:
+        raise ValueError(f"method {method!r} models one server; with servers > 1 use method='es' "
+                         f"(which runs the exact engine)")
     unreliable = [n for n in names if n in ("threshold", "c")]
     if method == "gradient" and "mlp" in names and min(tau) < MLP_MIN_TAU:
         warnings.warn(f"the relaxed gradient of mlp is measured reliable only at tau >= "

@@ -1,18 +1,25 @@
-"""Reference simulator: a slow, exact, plain-Python single-server queue on a given list of jobs.
+"""Reference simulator: a slow, exact, plain-Python queue with k servers fed by one central queue
+(k = 1: the single-server queue) on a given list of jobs.
 
 The fast JAX engine is tested against this file, so it is written to be checked by reading, not to
-be fast. The rank of every policy is copied from jaxq/policies.py (see `_Policy.rank` below); the rules of
-the server are:
+be fast. The rank of every policy is copied from jaxq/policies.py (see `_Policy.rank` below); the
+rules of the servers are:
 
-1. One work-conserving server. The jobs in the system are ranked by (primary, tiebreak, locked).
-2. A locked job is served alone, ahead of everything (at most one job can ever be locked: a job
-   locks only while it is being served, and a locked job is served until it departs).
+1. k work-conserving servers; a job is served by at most one of them at a time. The jobs in the
+   system are ranked by (primary, tiebreak, locked).
+2. A locked job is served, on a server of its own, ahead of everything (at most k jobs can ever be
+   locked: a job locks only while it is being served, and a locked job is served until it
+   departs).
 3. Otherwise, if the policy "shares" (its slope d(primary)/d(attained) is > 0 and it does not lock
-   started jobs: las, and linear with preemptive=True and w_attained > w_remaining), every job
-   whose primary equals the smallest primary is served, each at rate 1 / (size of that group).
-   The group's common primary rises at rate slope / |group| and catches up with waiting jobs,
-   which then join it (a "merge" event).
-4. Otherwise the single job with the lexicographically smallest (primary, tiebreak) is served.
+   started jobs: las, and linear with preemptive=True and w_attained > w_remaining), the jobs
+   form groups of equal primary, and the groups take the servers left in order of primary: a
+   group that fits gets a server for each job (rate 1), the first one that does not fit shares
+   the servers left equally (each job at rate (servers left) / (size of the group)), the rest
+   wait. A group's primary rises at rate slope * (its rate), so a group catches up with the next
+   one where it moves faster, and they join (a "merge" event). With one server this is: every
+   job whose primary equals the smallest is served at rate 1 / (size of that group).
+4. Otherwise the k jobs with the lexicographically smallest (primary, tiebreak) are served (all
+   of them if there are fewer), each at rate 1.
 
 Between events nothing changes who is served: with slope <= 0 a served job only gets better
 relative to the waiting ones, the age term grows at the same rate for everyone, and with slope > 0
@@ -175,8 +182,11 @@ class _Policy:
         return self.slope() > 0 and not locks_started
 
 
-def departures_exact(policy: str, arrival_times, sizes, predictions, **params) -> list[Fraction]:
+def departures_exact(policy: str, arrival_times, sizes, predictions, servers: int = 1,
+                     **params) -> list[Fraction]:
     """Like `departures`, but returns the exact departure times as Fractions."""
+    if not isinstance(servers, int) or servers < 1:
+        raise ValueError(f"servers must be an integer >= 1, got {servers!r}")
     pol = _Policy(policy, params)
     arrival = [_exact("arrival time", v) for v in arrival_times]
     size = [_exact("size", v) for v in sizes]
@@ -220,48 +230,57 @@ def departures_exact(policy: str, arrival_times, sizes, predictions, **params) -
                 break
             continue
 
-        # Who is served now (rules 2-4 of the module docstring).
+        # Who is served now, and at what rate (rules 2-4 of the module docstring).
         ranks = {i: rank(i) for i in present}
         locked = [i for i in present if ranks[i].locked]
-        if locked:
-            assert len(locked) == 1, f"more than one locked job at t={float(t)}: {locked}"
-            served = locked
-        elif shares:
-            best = min(ranks[i].primary for i in present)
-            served = [i for i in present if ranks[i].primary == best]
+        assert len(locked) <= servers, f"more than {servers} locked jobs at t={float(t)}"
+        rate: dict[int, Fraction] = {i: Fraction(1) for i in locked}
+        free = servers - len(locked)
+        rest = [i for i in present if not ranks[i].locked]
+        groups: list[list[int]] = []  # the unlocked jobs by rank, jobs of one group together
+        if shares:
+            for value in sorted({ranks[i].primary for i in rest}):
+                groups.append([i for i in rest if ranks[i].primary == value])
         else:
-            served = [min(present, key=lambda i: (ranks[i].primary, ranks[i].tiebreak))]
-        k = len(served)  # each served job gets service at rate 1 / k
+            groups = [[i] for i in sorted(rest, key=lambda i: (ranks[i].primary,
+                                                               ranks[i].tiebreak))]
+        group_rate = []
+        for group in groups:
+            share = min(len(group), free)
+            free -= share
+            group_rate.append(Fraction(share, len(group)))
+            rate.update({i: group_rate[-1] for i in group if share})
+        served = list(rate)
 
         # Time to the next event.
         candidates = []
         if next_arrival < n:
             candidates.append(arrival[next_arrival] - t)
-        candidates.append(min(size[i] - attained[i] for i in served) * k)  # a completion
-        if shares and not locked:
-            # The group's primary rises at rate slope / k; a waiting job's stays put (relative to
-            # the group: the age term rises at the same rate for both). All waiting primaries are
-            # strictly above the group's, since the group holds every job at the minimum.
-            group_primary = ranks[served[0]].primary
-            for w in present:
-                if w not in served:
-                    gap = ranks[w].primary - group_primary
+        candidates.append(min((size[i] - attained[i]) / rate[i] for i in served))  # a completion
+        if shares:
+            # A group's primary rises at rate slope * (its rate); the age term rises at the same
+            # rate for everyone. Adjacent groups meet where the one ahead moves faster.
+            for ahead, behind, r_ahead, r_behind in zip(groups, groups[1:], group_rate,
+                                                        group_rate[1:]):
+                if r_ahead > r_behind:
+                    gap = ranks[behind[0]].primary - ranks[ahead[0]].primary
                     assert gap > 0
-                    candidates.append(gap * k / slope)
+                    candidates.append(gap / (slope * (r_ahead - r_behind)))
         dt = min(candidates)
         assert dt > 0
 
-        # Advance: served jobs get dt / k of service each; everyone ages by dt (through t).
+        # Advance: served jobs get rate * dt of service each; everyone ages by dt (through t).
         for i in served:
-            attained[i] += dt / k
+            attained[i] += rate[i] * dt
             assert attained[i] <= size[i]
         t += dt
 
     return departure  # type: ignore[return-value]
 
 
-def departures(policy: str, arrival_times, sizes, predictions, **params) -> list[float]:
-    """Departure time of each job, in input order.
+def departures(policy: str, arrival_times, sizes, predictions, servers: int = 1,
+               **params) -> list[float]:
+    """Departure time of each job, in input order, with `servers` servers and one central queue.
 
     policy: one of POLICY_NAMES. params: c (sprpt-limited); threshold, preemptive (onebit);
     w_prediction, w_remaining, w_attained, w_age, preemptive (linear); defaults as in
@@ -269,7 +288,7 @@ def departures(policy: str, arrival_times, sizes, predictions, **params) -> list
     last given arrival no more jobs come and the system drains.
     """
     return [float(d) for d in departures_exact(policy, arrival_times, sizes, predictions,
-                                               **params)]
+                                               servers, **params)]
 
 
 __all__ = ["departures", "departures_exact", "POLICY_NAMES", "DEFAULT_PARAMS"]

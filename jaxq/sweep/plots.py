@@ -54,7 +54,7 @@ RESOLVED = ("kv_capacity", "host_capacity", "iter_base", "iter_per_prefill_token
 # The options that jaxq.cli.build_model reads: all an exact mean response time depends on.
 THEORY_OPTIONS = ("policy", "predictor", "service", "load", "alpha", "sigma", "threshold",
                   "preemptive", "c", "weights", "shape", "cv", "mean", "low", "high", "samples",
-                  "arrival_cv")
+                  "arrival_cv", "servers")
 
 _KEYS = {"lines": ("kind", "x", "y", "by", "where", "theory", "optimum", "logy", "title", "name"),
          "heatmap": ("kind", "x", "y", "z", "where", "logz", "title", "name"),
@@ -358,7 +358,8 @@ def _exact(options: tuple) -> float:
         return math.nan
     try:
         service, predictor, policy, _ = build_model(args)
-        return theory.mean_response_time(policy, service, predictor, args.load)
+        servers = 1 if args.servers is None else int(args.servers)  # results before --servers
+        return theory.mean_response_time(policy, service, predictor, args.load, servers)
     except (ValueError, NotImplementedError, TypeError, ArithmeticError, OSError):
         return math.nan
 
