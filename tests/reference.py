@@ -182,6 +182,44 @@ class _Policy:
         return self.slope() > 0 and not locks_started
 
 
+def service(pol: _Policy, ranks: dict[int, Rank], remaining: dict[int, Fraction],
+            servers: int) -> tuple[dict[int, Fraction], Fraction]:
+    """Rules 2-4 of the module docstring for the jobs present (the keys of `ranks`): the rate at
+    which each served job is served, and the time to the next completion or merge if nothing
+    arrives."""
+    shares, slope = pol.shares(), pol.slope()
+    present = list(ranks)
+    locked = [i for i in present if ranks[i].locked]
+    assert len(locked) <= servers, f"more than {servers} locked jobs"
+    rate: dict[int, Fraction] = {i: Fraction(1) for i in locked}
+    free = servers - len(locked)
+    rest = [i for i in present if not ranks[i].locked]
+    groups: list[list[int]] = []  # the unlocked jobs by rank, jobs of one group together
+    if shares:
+        for value in sorted({ranks[i].primary for i in rest}):
+            groups.append([i for i in rest if ranks[i].primary == value])
+    else:
+        groups = [[i] for i in sorted(rest, key=lambda i: (ranks[i].primary, ranks[i].tiebreak))]
+    group_rate = []
+    for group in groups:
+        share = min(len(group), free)
+        free -= share
+        group_rate.append(Fraction(share, len(group)))
+        rate.update({i: group_rate[-1] for i in group if share})
+
+    times = [remaining[i] / rate[i] for i in rate]  # completions
+    if shares:
+        # A group's primary rises at rate slope * (its rate); the age term rises at the same rate
+        # for everyone. Adjacent groups meet where the one ahead moves faster.
+        for ahead, behind, r_ahead, r_behind in zip(groups, groups[1:], group_rate,
+                                                    group_rate[1:]):
+            if r_ahead > r_behind:
+                gap = ranks[behind[0]].primary - ranks[ahead[0]].primary
+                assert gap > 0
+                times.append(gap / (slope * (r_ahead - r_behind)))
+    return rate, min(times)
+
+
 def departures_exact(policy: str, arrival_times, sizes, predictions, servers: int = 1,
                      **params) -> list[Fraction]:
     """Like `departures`, but returns the exact departure times as Fractions."""
@@ -202,8 +240,6 @@ def departures_exact(policy: str, arrival_times, sizes, predictions, servers: in
         # a > c * y would hold at a = 0: a job would be locked before it ever started
         raise ValueError("sprpt-limited needs predictions >= 0")
 
-    slope = pol.slope()
-    shares = pol.shares()
     attained = [Fraction(0)] * n
     departure: list[Fraction | None] = [None] * n
     present: list[int] = []  # indices of the jobs in the system, in arrival order
@@ -230,44 +266,14 @@ def departures_exact(policy: str, arrival_times, sizes, predictions, servers: in
                 break
             continue
 
-        # Who is served now, and at what rate (rules 2-4 of the module docstring).
-        ranks = {i: rank(i) for i in present}
-        locked = [i for i in present if ranks[i].locked]
-        assert len(locked) <= servers, f"more than {servers} locked jobs at t={float(t)}"
-        rate: dict[int, Fraction] = {i: Fraction(1) for i in locked}
-        free = servers - len(locked)
-        rest = [i for i in present if not ranks[i].locked]
-        groups: list[list[int]] = []  # the unlocked jobs by rank, jobs of one group together
-        if shares:
-            for value in sorted({ranks[i].primary for i in rest}):
-                groups.append([i for i in rest if ranks[i].primary == value])
-        else:
-            groups = [[i] for i in sorted(rest, key=lambda i: (ranks[i].primary,
-                                                               ranks[i].tiebreak))]
-        group_rate = []
-        for group in groups:
-            share = min(len(group), free)
-            free -= share
-            group_rate.append(Fraction(share, len(group)))
-            rate.update({i: group_rate[-1] for i in group if share})
-        served = list(rate)
-
-        # Time to the next event.
-        candidates = []
+        rate, internal = service(pol, {i: rank(i) for i in present},
+                                 {i: size[i] - attained[i] for i in present}, servers)
+        candidates = [internal]
         if next_arrival < n:
             candidates.append(arrival[next_arrival] - t)
-        candidates.append(min((size[i] - attained[i]) / rate[i] for i in served))  # a completion
-        if shares:
-            # A group's primary rises at rate slope * (its rate); the age term rises at the same
-            # rate for everyone. Adjacent groups meet where the one ahead moves faster.
-            for ahead, behind, r_ahead, r_behind in zip(groups, groups[1:], group_rate,
-                                                        group_rate[1:]):
-                if r_ahead > r_behind:
-                    gap = ranks[behind[0]].primary - ranks[ahead[0]].primary
-                    assert gap > 0
-                    candidates.append(gap / (slope * (r_ahead - r_behind)))
         dt = min(candidates)
         assert dt > 0
+        served = list(rate)
 
         # Advance: served jobs get rate * dt of service each; everyone ages by dt (through t).
         for i in served:
