@@ -239,3 +239,22 @@ def test_command_line(capsys):
     assert code == 2 and "fcfs only" in err
     code, err = run("queue", "--servers", "0", "--load", "0.8")
     assert code == 2 and "servers must be >= 1" in err
+
+
+def test_sweep_over_servers_and_its_theory_curve(tmp_path, capsys):
+    """`jaxq sweep queue --servers 1,2,4` runs as one stack, and the plot's theory curve is
+    Erlang C for each row's number of servers."""
+    from jaxq.cli import main
+    from jaxq.sweep.plots import theory_curve
+    from jaxq.sweep.results import load_table
+
+    assert main(["sweep", "queue", "--servers", "1,2,4", "--load", "0.8", "--jobs", "2000",
+                 "--replicas", "2", "--out", str(tmp_path), "--json"]) == 0
+    capsys.readouterr()
+    rows = load_table(str(tmp_path))
+    assert [r["servers"] for r in rows] == [1, 2, 4]
+    times = [r["mean_response_time"] for r in rows]
+    assert times[0] > times[1] > times[2]
+    for row in rows:
+        _, values = theory_curve([row], "load")
+        assert values[0] == pytest.approx(erlang.mmk_mean_response_time(row["servers"], 0.8))
