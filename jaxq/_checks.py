@@ -46,6 +46,12 @@ def check_nonnegative(name: str, value):
     check_range(name, value, low=0.0, high=np.inf)
 
 
+def check_count(name: str, value, low: int):
+    """Raise ValueError unless `value` is a Python or numpy integer (not a bool) >= low."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
 def check_choice(name: str, value: str, choices) -> str:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")

@@ -11,21 +11,19 @@ C = B / (1 - rho (1 - B)): every term stays in [0, 1], so large k neither overfl
 
 from __future__ import annotations
 
-import math
+from jaxq._checks import check_count, check_positive, check_range
 
 
-def _check(servers, load):
-    if isinstance(servers, bool) or not isinstance(servers, int) or servers < 1:
-        raise ValueError(f"servers must be an integer >= 1, got {servers!r}")
-    load = float(load)
-    if not 0.0 < load < 1.0:
-        raise ValueError(f"load (per server) must lie in (0, 1), got {load:g}")
-    return load
+def check_servers_and_load(name: str, count, load) -> float:
+    """`count` (servers, or choices d) an integer >= 1 and `load` per server in (0, 1)."""
+    check_count(name, count, 1)
+    check_range("load", load, low=0.0, high=1.0, low_open=True, high_open=True)
+    return float(load)
 
 
 def erlang_c(servers: int, load: float) -> float:
     """P(an arrival waits) in M/M/k with k = servers and `load` per server."""
-    load = _check(servers, load)
+    load = check_servers_and_load("servers", servers, load)
     offered = servers * load
     b = 1.0
     for n in range(1, servers + 1):
@@ -35,9 +33,8 @@ def erlang_c(servers: int, load: float) -> float:
 
 def mmk_mean_response_time(servers: int, load: float, mean_size: float = 1.0) -> float:
     """E[T] of M/M/k under FCFS (or any order that does not look at sizes and never preempts)."""
-    load = _check(servers, load)
-    if not (math.isfinite(mean_size) and mean_size > 0):
-        raise ValueError(f"mean_size must be > 0, got {mean_size!r}")
+    load = check_servers_and_load("servers", servers, load)
+    check_positive("mean_size", mean_size)
     return mean_size + erlang_c(servers, load) * mean_size / (servers * (1.0 - load))
 
 

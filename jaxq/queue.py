@@ -208,7 +208,7 @@ class _Event(NamedTuple):
 def _top(mask, primary, tiebreak, first, servers, most: int):
     """(K, B) bool: the `servers` (B,) best slots where mask holds by (primary, tiebreak), all of
     them if fewer; `first` is the best one (from _best). One masked minimum per further server,
-    up to `most` (static): cheaper than a sort of K slots while servers are few."""
+    up to `most` (static)."""
     served = first
     for extra in range(1, most):
         more, _ = _best(mask & ~served, primary, tiebreak)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxq._checks import check_choice, check_range
+from jaxq._checks import check_choice, check_count, check_range
 from jaxq.metrics import histogram_quantiles, quantile_resolution
 from jaxq.queue import Chunk, EngineSpec, QueueState, init_state, run_chunk
 from jaxq.system import System, flatten
@@ -124,8 +124,7 @@ def _validate(system, *, jobs, replicas, warmup, capacity, chunk, histogram_bins
     for name, value, low in (("jobs", jobs, 1), ("replicas", replicas, 1), ("warmup", warmup, 0),
                              ("capacity", capacity, 1), ("chunk", chunk, 1),
                              ("histogram_bins", histogram_bins, 1)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        check_count(name, value, low)
     if warmup + jobs >= 2**31 - 1:
         raise ValueError(f"warmup + jobs must be below 2^31 - 1, got {warmup + jobs}")
     check_choice("on_overflow", on_overflow, ("raise", "warn", "ignore"))
@@ -299,8 +298,7 @@ def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | Non
         raise ValueError("arrival_times must be non-negative and non-decreasing")
     check_range("sizes", sizes, low=0.0, low_open=True, high=np.inf)
     check_range("predictions", predictions, low=0.0, high=np.inf)
-    if not isinstance(servers, (int, np.integer)) or isinstance(servers, bool) or servers < 1:
-        raise ValueError(f"servers must be an integer >= 1, got {servers!r}")
+    check_count("servers", servers, 1)
     spec = EngineSpec(capacity=capacity or n, chunk=n, warmup=0, jobs=n, finite_horizon=True,
                       bucket_edges=DEFAULT_SIZE_BUCKETS, histogram_bins=1, record_jobs=n,
                       servers=int(servers))

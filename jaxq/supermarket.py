@@ -15,16 +15,8 @@ simulated value approaches it as n grows (the README shows by how much).
 
 from __future__ import annotations
 
-import math
-
-
-def _check(d, load):
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ValueError(f"d must be an integer >= 1, got {d!r}")
-    load = float(load)
-    if not 0.0 < load < 1.0:
-        raise ValueError(f"load (per server) must lie in (0, 1), got {load:g}")
-    return load
+from jaxq._checks import check_count, check_positive
+from jaxq.erlang import check_servers_and_load
 
 
 def _exponent(d: int, i: int) -> float:
@@ -34,17 +26,15 @@ def _exponent(d: int, i: int) -> float:
 
 def fraction_with_at_least(i: int, d: int, load: float) -> float:
     """s_i: the limiting fraction of servers holding at least i jobs."""
-    load = _check(d, load)
-    if isinstance(i, bool) or not isinstance(i, int) or i < 0:
-        raise ValueError(f"i must be an integer >= 0, got {i!r}")
+    load = check_servers_and_load("d", d, load)
+    check_count("i", i, 0)
     return load ** _exponent(d, i)
 
 
 def jsq_d_mean_response_time(d: int, load: float, mean_size: float = 1.0) -> float:
     """The limiting E[T] of power-of-d dispatching to FCFS servers with exponential sizes."""
-    load = _check(d, load)
-    if not (math.isfinite(mean_size) and mean_size > 0):
-        raise ValueError(f"mean_size must be > 0, got {mean_size!r}")
+    load = check_servers_and_load("d", d, load)
+    check_positive("mean_size", mean_size)
     if d == 1:
         return mean_size / (1.0 - load)
     total, i = 0.0, 1

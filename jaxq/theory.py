@@ -71,6 +71,7 @@ import numpy as np
 from jax.scipy import special as jsp
 
 from jaxq import distributions as _dist
+from jaxq import erlang
 from jaxq import policies as _pol
 from jaxq import predictors as _pred
 
@@ -1319,8 +1320,6 @@ def mean_response_time(policy, service, predictor, load, servers: int = 1) -> fl
 
 
 def _multi_server_mean(policy, service, load, servers) -> float:
-    from jaxq import erlang
-
     if not isinstance(_pol.without_aging(policy), _pol.FCFS):
         raise ValueError(f"with servers > 1 the exact theory covers fcfs only (Erlang C), got "
                          f"policy {policy.name!r}")

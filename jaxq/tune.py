@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxq._checks import check_count
 from jaxq.policies import MLP, Aging, Linear, OneBit, SPRPTLimited, without_aging
 from jaxq.llm.relaxed import RelaxedLLMSpec
 from jaxq.llm.relaxed import run_one as run_llm
@@ -482,7 +483,7 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
     rank requests so that they swap forever (README: a rank that rises as a request
     generates), and its unfinished requests are then counted in `problems` instead of stalling
     the step."""
-    from jaxq.llm.simulate import LLMSystem, _check_count
+    from jaxq.llm.simulate import LLMSystem
     from jaxq.llm.simulate import simulate as simulate_llm
     from jaxq.llm.workloads import LLMWorkload
 
@@ -502,7 +503,7 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
                          "'es' or 'gradient'")
     if method == "gradient":
         _check_relaxed_llm(system, terms)
-        _check_count("relaxed_slots", relaxed_slots, 1)
+        check_count("relaxed_slots", relaxed_slots, 1)
         # Measured, not assumed: scripts/bench_tune_llm.py (README, "The relaxed LLM engine").
         warnings.warn("the relaxed LLM engine's gradient is not reliable: under memory "
                       "pressure it missed a slope that evolution strategies on the exact "
@@ -511,9 +512,9 @@ def tune_llm(system, workload, names, *, steps: int = 30, learning_rate: float =
     for name, value, low in (("requests", requests, 2), ("replicas", replicas, 1),
                              ("eval_requests", eval_requests, 2),
                              ("eval_replicas", eval_replicas, 1)):
-        _check_count(name, value, low)  # all before the first step, eval_* included
+        check_count(name, value, low)  # all before the first step, eval_* included
     if max_iterations is not None:
-        _check_count("max_iterations", max_iterations, 1)
+        check_count("max_iterations", max_iterations, 1)
     start = time.perf_counter()
     flat, shape = flatten(system)
     problems = _Problems(flat, shape, names, scales)

@@ -220,12 +220,8 @@ def service(pol: _Policy, ranks: dict[int, Rank], remaining: dict[int, Fraction]
     return rate, min(times)
 
 
-def departures_exact(policy: str, arrival_times, sizes, predictions, servers: int = 1,
-                     **params) -> list[Fraction]:
-    """Like `departures`, but returns the exact departure times as Fractions."""
-    if not isinstance(servers, int) or servers < 1:
-        raise ValueError(f"servers must be an integer >= 1, got {servers!r}")
-    pol = _Policy(policy, params)
+def exact_jobs(policy: str, arrival_times, sizes, predictions):
+    """The jobs' (arrival times, sizes, predictions) as exact lists, checked."""
     arrival = [_exact("arrival time", v) for v in arrival_times]
     size = [_exact("size", v) for v in sizes]
     pred = [_exact("prediction", v) for v in predictions]
@@ -239,6 +235,17 @@ def departures_exact(policy: str, arrival_times, sizes, predictions, servers: in
     if policy == "sprpt-limited" and any(y < 0 for y in pred):
         # a > c * y would hold at a = 0: a job would be locked before it ever started
         raise ValueError("sprpt-limited needs predictions >= 0")
+    return arrival, size, pred
+
+
+def departures_exact(policy: str, arrival_times, sizes, predictions, servers: int = 1,
+                     **params) -> list[Fraction]:
+    """Like `departures`, but returns the exact departure times as Fractions."""
+    if not isinstance(servers, int) or servers < 1:
+        raise ValueError(f"servers must be an integer >= 1, got {servers!r}")
+    pol = _Policy(policy, params)
+    arrival, size, pred = exact_jobs(policy, arrival_times, sizes, predictions)
+    n = len(arrival)
 
     attained = [Fraction(0)] * n
     departure: list[Fraction | None] = [None] * n

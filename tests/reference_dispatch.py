@@ -21,9 +21,9 @@ from __future__ import annotations
 from fractions import Fraction
 
 try:
-    from reference import _exact, _Policy, service
+    from reference import _Policy, exact_jobs, service
 except ImportError:  # tests/ imported as a package
-    from tests.reference import _exact, _Policy, service
+    from tests.reference import _Policy, exact_jobs, service
 
 MEASURES = ("count", "predicted", "work")
 
@@ -35,15 +35,9 @@ def departures_exact(policy: str, servers: int, arrival_times, sizes, prediction
     measure: None for round-robin, else one of MEASURES. samples: None to compare all servers,
     else one list of candidate server indices per job (d of them; random dispatch is d = 1)."""
     pol = _Policy(policy, params)
-    arrival = [_exact("arrival time", v) for v in arrival_times]
-    size = [_exact("size", v) for v in sizes]
-    pred = [_exact("prediction", v) for v in predictions]
+    arrival, size, pred = exact_jobs(policy, arrival_times, sizes, predictions)
     n = len(arrival)
-    if not (len(size) == n and len(pred) == n):
-        raise ValueError("arrival_times, sizes and predictions must have the same length")
-    if any(arrival[i] > arrival[i + 1] for i in range(n - 1)):
-        raise ValueError("arrival_times must be non-decreasing")
-    if any(s <= 0 for s in size):
+    if any(s == 0 for s in size):
         raise ValueError("sizes must be > 0")
     if measure is not None and measure not in MEASURES:
         raise ValueError(f"measure must be None or one of {MEASURES}, got {measure!r}")

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxq._checks import check_choice, check_nonnegative, check_range
+from jaxq._checks import check_choice, check_count, check_nonnegative, check_range
 from jaxq.llm.engine import (ADMISSION_MODES, PREEMPTION_MODES, EngineParams, EngineSpec,
                              EngineState, Requests, init_state, run)
 from jaxq.llm.workloads import LLMWorkload, Trace
@@ -230,12 +230,12 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     check_choice("on_overflow", on_overflow, ("raise", "warn", "ignore"))
     for name, slo in (("ttft_slo", ttft_slo), ("tpot_slo", tpot_slo)):
         check_range(name, slo, low=0.0, low_open=True, allow_inf=True)
-    _check_count("replicas", replicas, 1)
-    _check_count("steps_per_call", steps_per_call, 1)
+    check_count("replicas", replicas, 1)
+    check_count("steps_per_call", steps_per_call, 1)
     for name, value in (("lanes", lanes), ("workers", workers),
                         ("max_iterations", max_iterations)):
         if value is not None:
-            _check_count(name, value, 1)
+            check_count(name, value, 1)
     is_trace = isinstance(workload, Trace)
     if is_trace:
         if requests is not None:
@@ -245,12 +245,12 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
         if not isinstance(workload, LLMWorkload):
             raise TypeError("workload must be an LLMWorkload or a Trace, got "
                             f"{type(workload).__name__}")
-        _check_count("requests", requests, 1)
+        check_count("requests", requests, 1)
         n = requests
     slots = min(n, 1024) if slots is None else slots
-    _check_count("slots", slots, 1)
+    check_count("slots", slots, 1)
     warmup = (0 if is_trace else n // 10) if warmup is None else warmup
-    _check_count("warmup", warmup, 0)
+    check_count("warmup", warmup, 0)
     if warmup >= n:
         raise ValueError(f"warmup must be below the number of requests ({n}), got {warmup}")
 
@@ -371,11 +371,6 @@ def _take(tree, rows):
 @partial(jax.jit, donate_argnums=0)
 def _put(tree, rows, values):
     return jax.tree_util.tree_map(lambda x, v: x.at[rows].set(v), tree, values)
-
-
-def _check_count(name, value, low):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _batch_shape(system: LLMSystem) -> tuple[int, ...]:
