@@ -41,6 +41,7 @@ class EngineSpec:
     histogram_bins: int  # H
     record_jobs: int = 0  # keep each job's response time (traces only)
     servers: int = 1  # the most servers any configuration of the batch has (its own: `servers`)
+    dispatch: object = None  # a jaxq.dispatch.Dispatch: servers with queues of their own
 
 
 class Slots(NamedTuple):
@@ -178,6 +179,17 @@ STEPS_PER_BATCH = 32
 _W, _W_BUSY, _W_NUMBER, _RESPONSE, _SLOWDOWN, _LEAVING_SIZE, _MEASURED = range(7)
 
 
+def step_record(w, w_busy, w_number, measured, response, size):
+    """A step's record (7, ...) for record_batch, from (...) arrays: the time w advanced in the
+    measurement window, w times the busy servers' share and times the number in system, and
+    the response time, slowdown and size of a measured departure (measured: bool), with a 0/1
+    flag."""
+    zero = jnp.zeros((), w.dtype)
+    return jnp.stack([w, w_busy, w_number, jnp.where(measured, response, zero),
+                      jnp.where(measured, response / size, zero),
+                      jnp.where(measured, size, zero), measured.astype(w.dtype)])
+
+
 class _Event(NamedTuple):
     """Each configuration's next event, decided from the current state. Fields are (B,) unless
     marked.
@@ -274,16 +286,29 @@ def _shared_servers(policy: Policy, p: _Inner, primary, tiebreak, servers, most:
             jnp.where(first, last[0], _pick(waiting, p.group)))
 
 
-def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, servers, p: _Inner):
-    """The next event of every configuration, and its record (7, B) for the metrics: the time
-    advanced inside the measurement window (also the busy servers' share of that time, and that
-    time times the number in system), and the response time, slowdown and size of a measured
-    departure, with a 0/1 flag. servers: (B,) int32, each configuration's number of servers."""
+class Service(NamedTuple):
+    """Who is served and when the next internal event comes: (B,) fields unless marked."""
+
+    served: jax.Array  # (K, B) bool, the jobs in service
+    leaving: jax.Array  # (K, B) bool, one-hot: the served job that finishes first
+    rate: jax.Array  # service rate of each served job: (B,) if all share it, else (K, B)
+    served_group: jax.Array  # int32 label of the group served (sharing policies)
+    next_group: jax.Array  # int32 label of the group a merge joins
+    dt_done: jax.Array  # time to the next departure (inf if no job)
+    dt_merge: jax.Array  # time to the next merge of groups (inf if none)
+    leave_size: jax.Array  # the leaving job's size,
+    leave_age: jax.Array  # its time in system now,
+    leave_index: jax.Array  # int32 and its arrival index
+    free_slot: jax.Array  # int32 first free slot (K if none)
+
+
+def next_service(policy: Policy, p, anyone, servers, most: int) -> Service:
+    """Who is served, at what rate, and the time to the next departure or merge, for a batch of
+    configurations whose jobs are p's (K, B) fields (present, size, prediction, attained, age,
+    index, group). anyone: (B,) whether any job is present; servers: (B,) int32 servers behind
+    the central queue, at most `most` (static; 1: one server, which never reads `servers`)."""
     dtype = p.size.dtype
-    arrived, number = p.counters[_ARRIVED], p.counters[_NUMBER]
-    anyone = number > 0
     inf = jnp.full(anyone.shape, jnp.inf, dtype)
-    ptr = arrived - start_arrived  # next job of the chunk to arrive
     rank = policy.rank(JobView(p.size, p.prediction, p.attained, p.age, p.index))
     primary = jnp.where(rank.locked, -jnp.inf, rank.primary)
     remaining = p.size - p.attained
@@ -291,7 +316,7 @@ def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, serve
     # Who is served: the best job by (primary, tiebreak); for policies whose rank rises with
     # service, every job sharing its group label, in equal shares.
     best, p_best, free_slot = _best(p.present, primary, rank.tiebreak, also_first=~p.present)
-    if policy.may_share and spec.servers == 1:
+    if policy.may_share and most == 1:
         served_group = _pick(best, p.group)
         served = p.present & (p.group == served_group) & anyone
         n_served = jnp.sum(served, axis=0, dtype=jnp.int32)
@@ -309,17 +334,17 @@ def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, serve
         rate = 1.0 / jnp.maximum(n_served, 1).astype(dtype)
     elif policy.may_share:
         served, rate, per_work, dt_merge, served_group, next_group = _shared_servers(
-            policy, p, primary, rank.tiebreak, servers, spec.servers)
+            policy, p, primary, rank.tiebreak, servers, most)
         leaving, dt_done = _best(served, remaining * per_work, p.index)
         dt_done = jnp.where(anyone, dt_done, inf)
         leave_size, leave_age, leave_index = _pick_fields(leaving, [p.size, p.age], [p.index])
-    elif spec.servers > 1:
+    elif most > 1:
         # A central queue with k servers: the k best jobs are served, one per server at rate 1
         # (locked jobs rank first, and at most k are ever locked: only served jobs start).
         # Ranks that do not rise with service never overtake, so only arrivals and departures
         # change who is served.
         served_group = next_group = jnp.zeros(anyone.shape, jnp.int32)
-        served = _top(p.present, primary, rank.tiebreak, best, servers, spec.servers)
+        served = _top(p.present, primary, rank.tiebreak, best, servers, most)
         rate = jnp.ones(anyone.shape, dtype)
         leaving, least = _best(served, remaining, p.index)
         leave_size, leave_age, leave_index = _pick_fields(leaving, [p.size, p.age], [p.index])
@@ -333,6 +358,25 @@ def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, serve
             best, [p.size, p.age, remaining], [p.index])
         dt_done = jnp.where(anyone, least, inf)
         dt_merge = inf
+    return Service(served=served, leaving=leaving, rate=rate, served_group=served_group,
+                    next_group=next_group, dt_done=dt_done, dt_merge=dt_merge,
+                    leave_size=leave_size, leave_age=leave_age, leave_index=leave_index,
+                    free_slot=free_slot)
+
+
+def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, servers, p: _Inner):
+    """The next event of every configuration, and its record (7, B) for the metrics: the time
+    advanced inside the measurement window (also the busy servers' share of that time, and that
+    time times the number in system), and the response time, slowdown and size of a measured
+    departure, with a 0/1 flag. servers: (B,) int32, each configuration's number of servers."""
+    dtype = p.size.dtype
+    arrived, number = p.counters[_ARRIVED], p.counters[_NUMBER]
+    anyone = number > 0
+    inf = jnp.full(anyone.shape, jnp.inf, dtype)
+    ptr = arrived - start_arrived  # next job of the chunk to arrive
+    s = next_service(policy, p, anyone, servers, spec.servers)
+    dt_done, dt_merge, free_slot = s.dt_done, s.dt_merge, s.free_slot
+    leave_size, leave_age, leave_index = s.leave_size, s.leave_age, s.leave_index
 
     arrivals_open = ptr < spec.chunk
     if spec.finite_horizon:
@@ -342,7 +386,7 @@ def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, serve
     dt_arrive = jnp.where(arrivals_open, jnp.maximum(gap - p.since_arrival, 0.0), inf)
 
     # A configuration with no work left in this chunk takes no step (it idles while others run).
-    work = _has_work(spec, p.counters, start_arrived)
+    work = has_work(spec, p.counters, start_arrived)
     done = work & (dt_done <= dt_merge) & (dt_done <= dt_arrive) & jnp.isfinite(dt_done)
     merge = work & ~done & (dt_merge <= dt_arrive) & jnp.isfinite(dt_merge)
     arrival = work & ~done & ~merge & jnp.isfinite(dt_arrive)
@@ -356,29 +400,35 @@ def _decide(spec: EngineSpec, policy: Policy, chunk: Chunk, start_arrived, serve
     dropped_measured = arrival & (free_slot >= spec.capacity) & arrived_measured
     in_window = (arrived > spec.warmup) & (arrived <= spec.warmup + spec.jobs)
     w = jnp.where(in_window, dt, 0.0)
-    zero = jnp.zeros((), dtype)
     busy = jnp.minimum(number, servers).astype(dtype) / servers.astype(dtype)
-    record = jnp.stack([w, w * busy, w * number,
-                        jnp.where(measured, leave_age, zero),
-                        jnp.where(measured, leave_age / leave_size, zero),
-                        jnp.where(measured, leave_size, zero), measured.astype(dtype)])
+    record = step_record(w, w * busy, w * number, measured, leave_age, leave_size)
     event = _Event(
-        done=done, merge=merge, arrival=arrival, dt=dt, served=served, leaving=leaving,
-        served_group=served_group, rate=rate,
-        next_group=next_group, free_slot=free_slot,
+        done=done, merge=merge, arrival=arrival, dt=dt, served=s.served, leaving=s.leaving,
+        served_group=s.served_group, rate=s.rate, next_group=s.next_group, free_slot=free_slot,
         new_size=new_size, new_prediction=new_prediction,
         finishes=(measured | dropped_measured).astype(jnp.int32), leave_index=leave_index,
         leave_age=leave_age)
     return event, record
 
 
+def serve(policy: Policy, p, s, dt, done, merge):
+    """(present, attained, age, group) (K, B) after dt (B,) of service by s (an _Event or a
+    Service) and then its departure where `done` or its merge where `merge` (B,) bool: the
+    leaving job leaves; the best waiting job's whole group joins the served group."""
+    attained = p.attained + jnp.where(s.served, s.rate, 0.0) * dt
+    age = jnp.where(p.present, p.age + dt, p.age)
+    present = p.present & ~(s.leaving & done)
+    group = p.group  # only policies that may share use groups
+    if policy.may_share:
+        group = jnp.where(merge & present & (group == s.next_group), s.served_group, group)
+    return present, attained, age, group
+
+
 def _apply(spec: EngineSpec, policy: Policy, p: _Inner, e: _Event) -> _Inner:
     """Advance every configuration by its event's dt and process the event."""
     dt, done, merge, arrival = e.dt, e.done, e.merge, e.arrival
     slot = jnp.arange(spec.capacity, dtype=jnp.int32)[:, None]
-    attained = p.attained + jnp.where(e.served, e.rate, 0.0) * dt
-    age = jnp.where(p.present, p.age + dt, p.age)
-    present = p.present & ~(e.leaving & done)
+    present, attained, age, group = serve(policy, p, e, dt, done, merge)
     # Arrival: the job takes the first free slot, or is dropped if there is none. (An arrival
     # step has no departure, so the free slots are those free before the step.)
     free_slot = e.free_slot
@@ -389,11 +439,7 @@ def _apply(spec: EngineSpec, policy: Policy, p: _Inner, e: _Event) -> _Inner:
     if spec.record_jobs:  # traces (B = 1): each job's response time, by arrival index
         responses = responses.at[jnp.where(done, e.leave_index, spec.record_jobs), 0].set(
             e.leave_age, mode="drop")
-    group = p.group  # only policies that may share use groups
-    if policy.may_share:
-        # Merge: the best waiting job's whole group joins the served group; a new job is a
-        # group of its own.
-        group = jnp.where(merge & present & (group == e.next_group), e.served_group, group)
+    if policy.may_share:  # a new job is a group of its own
         group = jnp.where(new, arrived, group)
     number = number + admit - done
     counters = jnp.stack([arrived + arrival, finished + e.finishes,
@@ -413,7 +459,7 @@ def _apply(spec: EngineSpec, policy: Policy, p: _Inner, e: _Event) -> _Inner:
     )
 
 
-def _has_work(spec: EngineSpec, counters, start_arrived) -> jax.Array:
+def has_work(spec: EngineSpec, counters, start_arrived) -> jax.Array:
     """(B,) whether each configuration has events to process before the next chunk is needed
     (the chunk's first job has index start_arrived). False once every measured job has departed
     (or was dropped): the configuration is then frozen, so its result never depends on how long
@@ -425,7 +471,7 @@ def _has_work(spec: EngineSpec, counters, start_arrived) -> jax.Array:
     return (counters[_FINISHED] < spec.jobs) & more
 
 
-def _record_batch(metrics: Accumulators, records, active, bucket_edges,
+def record_batch(metrics: Accumulators, records, active, bucket_edges,
                   mean_size) -> Accumulators:
     """Add one configuration's batch of step records (STEPS_PER_BATCH, 7) to its metrics, if it
     was active. An inactive configuration must not change at all (not even by adding zeros to its
@@ -470,8 +516,8 @@ def run_chunk(spec: EngineSpec, policy: Policy, mean_size, chunk: Chunk, state: 
     if servers is None:
         servers = jnp.ones(start_arrived.shape, jnp.int32)
 
-    def has_work(inner):
-        return _has_work(spec, inner.counters, start_arrived)
+    def working(inner):
+        return has_work(spec, inner.counters, start_arrived)
 
     def decide(inner):
         return _decide(spec, policy, chunk, start_arrived, servers, inner)
@@ -483,15 +529,15 @@ def run_chunk(spec: EngineSpec, policy: Policy, mean_size, chunk: Chunk, state: 
 
     def batch(carry):
         inner, pending, metrics = carry
-        active = has_work(inner)
+        active = working(inner)
         (inner, pending), records = jax.lax.scan(step, (inner, pending),
                                                  length=STEPS_PER_BATCH)
-        metrics = jax.vmap(_record_batch, in_axes=(0, 2, 0, None, 0))(
+        metrics = jax.vmap(record_batch, in_axes=(0, 2, 0, None, 0))(
             metrics, records, active, bucket_edges, mean_size)
         return inner, pending, metrics
 
     inner = _to_inner(state)
     # When the loop ends no configuration has work, so the pending events are all empty.
-    inner, _, metrics = jax.lax.while_loop(lambda carry: jnp.any(has_work(carry[0])), batch,
+    inner, _, metrics = jax.lax.while_loop(lambda carry: jnp.any(working(carry[0])), batch,
                                            (inner, decide(inner), state.metrics))
     return _from_inner(inner, metrics)

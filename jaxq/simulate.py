@@ -22,12 +22,13 @@ import numpy as np
 
 from jaxq._checks import check_choice, check_count, check_range
 from jaxq.metrics import histogram_quantiles, quantile_resolution
+from jaxq import dispatch as dispatching
 from jaxq.queue import Chunk, EngineSpec, QueueState, init_state, run_chunk
 from jaxq.system import System, flatten
 
 DEFAULT_SIZE_BUCKETS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 QUANTILES = (0.5, 0.9, 0.99)
-_STREAM_ARRIVALS, _STREAM_SIZES, _STREAM_PREDICTIONS = 0, 1, 2
+_STREAM_ARRIVALS, _STREAM_SIZES, _STREAM_PREDICTIONS, _STREAM_DISPATCH = 0, 1, 2, 3
 
 
 class CapacityError(RuntimeError):
@@ -86,10 +87,12 @@ def simulate(system: System, *, jobs: int, replicas: int = 8, warmup: int | None
     spec = EngineSpec(capacity=capacity, chunk=chunk, warmup=warmup, jobs=jobs,
                       finite_horizon=finite_horizon,
                       bucket_edges=tuple(float(e) for e in size_buckets),
-                      histogram_bins=histogram_bins, servers=int(np.max(system.servers)))
+                      histogram_bins=histogram_bins, servers=int(np.max(system.servers)),
+                      dispatch=system.dispatch)
     keys = _replica_keys(_as_key(key), flat.seed, replicas)
+    init = init_state if spec.dispatch is None else dispatching.init_state
     state = jax.tree_util.tree_map(
-        lambda leaf: jnp.broadcast_to(leaf, (batch, replicas) + leaf.shape), init_state(spec))
+        lambda leaf: jnp.broadcast_to(leaf, (batch, replicas) + leaf.shape), init(spec))
     mesh = _config_mesh()
     padded = flat, keys, state
     if mesh is not None:
@@ -135,7 +138,7 @@ def _validate(system, *, jobs, replicas, warmup, capacity, chunk, histogram_bins
         raise TypeError(f"system must be a jaxq.System, got {type(system).__name__}")
     _check_queue_policy(system.policy)
     servers = int(np.max(system.servers))
-    if servers > capacity:
+    if system.dispatch is None and servers > capacity:
         raise ValueError(f"capacity must be at least the number of servers ({servers}), got "
                          f"{capacity}")
     if not finite_horizon:
@@ -184,15 +187,18 @@ def _replica_keys(key, seeds, replicas) -> jax.Array:
 def sample_chunk(system: System, key: jax.Array, chunk_index, size: int) -> Chunk:
     """C arrivals for one (configuration, replica); each stream has its own key, so two
     policies with the same seed see the same jobs."""
-    def stream(s):
-        return jax.random.fold_in(jax.random.fold_in(key, s), chunk_index)
-
-    sizes = system.service.sample(stream(_STREAM_SIZES), (size,))
+    sizes = system.service.sample(_stream(key, _STREAM_SIZES, chunk_index), (size,))
     return Chunk(
-        gap=system.arrivals.gaps(stream(_STREAM_ARRIVALS), (size,), system.rate()),
+        gap=system.arrivals.gaps(_stream(key, _STREAM_ARRIVALS, chunk_index), (size,),
+                                 system.rate()),
         size=sizes,
-        prediction=system.predictor.predict(stream(_STREAM_PREDICTIONS), sizes),
+        prediction=system.predictor.predict(_stream(key, _STREAM_PREDICTIONS, chunk_index), sizes),
     )
+
+
+def _stream(key, stream: int, chunk_index) -> jax.Array:
+    """The key of one random stream of one chunk."""
+    return jax.random.fold_in(jax.random.fold_in(key, stream), chunk_index)
 
 
 @partial(jax.jit, static_argnums=(0, 1), donate_argnums=4)
@@ -211,8 +217,17 @@ def _advance(spec: EngineSpec, mesh: jax.sharding.Mesh | None, system: System, k
         chunk = jax.vmap(lambda s, k: sample_chunk(s, k, chunk_index, spec.chunk))(per_replica,
                                                                                   keys)
         mean_size = jax.vmap(lambda s: s.service.mean())(per_replica)
-        state = run_chunk(spec, per_replica.policy, mean_size, chunk,
-                          jax.tree_util.tree_map(flat, state), per_replica.servers)
+        state = jax.tree_util.tree_map(flat, state)
+        if spec.dispatch is None:
+            state = run_chunk(spec, per_replica.policy, mean_size, chunk, state,
+                              per_replica.servers)
+        else:
+            picks = jax.vmap(lambda k, n: dispatching.sample_picks(
+                _stream(k, _STREAM_DISPATCH, chunk_index), spec.chunk, spec.dispatch, n))(
+                    keys, per_replica.servers)
+            state = dispatching.run_chunk(spec, per_replica.policy, mean_size,
+                                          dispatching.DispatchChunk(*chunk, picks), state,
+                                          per_replica.servers)
         return jax.tree_util.tree_map(
             lambda a: jnp.reshape(a, (batch, replicas) + a.shape[1:]), state)
 
@@ -288,6 +303,51 @@ def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | Non
     must be non-decreasing; predictions default to the true sizes; `servers` serve one central
     queue.
     """
+    arrival_times, chunk = _trace_jobs(arrival_times, sizes, predictions)
+    check_count("servers", servers, 1)
+    n = arrival_times.shape[0]
+    spec = EngineSpec(capacity=capacity or n, chunk=n, warmup=0, jobs=n, finite_horizon=True,
+                      bucket_edges=DEFAULT_SIZE_BUCKETS, histogram_bins=1, record_jobs=n,
+                      servers=int(servers))
+    state = _trace(spec, policy, chunk)
+    if int(state.overflow):
+        raise CapacityError(f"trace needs more than capacity={capacity} slots")
+    return arrival_times + np.asarray(state.responses, np.float64)
+
+
+def trace_dispatch(policy, servers: int, dispatch: dispatching.Dispatch, arrival_times, sizes,
+                   predictions=None, *, picks=None, key: int = 0,
+                   capacity: int | None = None):
+    """Like `trace`, for `servers` servers with queues of their own behind `dispatch`: returns
+    (each job's departure time, the server it was sent to).
+
+    picks: (jobs, dispatch.sampled) the servers each job samples, to replay given draws; by
+    default they are drawn from `key`."""
+    arrival_times, chunk = _trace_jobs(arrival_times, sizes, predictions)
+    check_count("servers", servers, 1)
+    if not isinstance(dispatch, dispatching.Dispatch):
+        raise TypeError(f"dispatch must be a jaxq.Dispatch, got {type(dispatch).__name__}")
+    n = arrival_times.shape[0]
+    if picks is None:
+        picks = dispatching.sample_picks(jax.random.key(key), n, dispatch, servers)
+    picks = np.asarray(picks)
+    if (picks.shape != (n, dispatch.sampled) or picks.dtype.kind not in "iu"
+            or np.any(picks < 0) or np.any(picks >= servers)):
+        raise ValueError(f"picks must be ({n}, {dispatch.sampled}) integers in [0, {servers}), "
+                         f"got shape {picks.shape}")
+    spec = EngineSpec(capacity=capacity or n, chunk=n, warmup=0, jobs=n, finite_horizon=True,
+                      bucket_edges=DEFAULT_SIZE_BUCKETS, histogram_bins=1, record_jobs=n,
+                      servers=int(servers), dispatch=dispatch)
+    state = _trace_dispatch(spec, policy, dispatching.DispatchChunk(
+        *chunk, jnp.asarray(picks, jnp.int32)))
+    if int(state.overflow):
+        raise CapacityError(f"trace needs more than capacity={capacity} slots per server")
+    return (arrival_times + np.asarray(state.responses, np.float64),
+            np.asarray(state.sent_to, np.int64))
+
+
+def _trace_jobs(arrival_times, sizes, predictions) -> tuple[np.ndarray, Chunk]:
+    """(arrival times, the jobs as one chunk), checked."""
     arrival_times = np.asarray(arrival_times, dtype=np.float64)
     sizes = np.asarray(sizes, dtype=np.float64)
     predictions = sizes if predictions is None else np.asarray(predictions, dtype=np.float64)
@@ -298,16 +358,9 @@ def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | Non
         raise ValueError("arrival_times must be non-negative and non-decreasing")
     check_range("sizes", sizes, low=0.0, low_open=True, high=np.inf)
     check_range("predictions", predictions, low=0.0, high=np.inf)
-    check_count("servers", servers, 1)
-    spec = EngineSpec(capacity=capacity or n, chunk=n, warmup=0, jobs=n, finite_horizon=True,
-                      bucket_edges=DEFAULT_SIZE_BUCKETS, histogram_bins=1, record_jobs=n,
-                      servers=int(servers))
     gaps = np.diff(arrival_times, prepend=0.0)
-    state = _trace(spec, policy, Chunk(jnp.asarray(gaps, float), jnp.asarray(sizes, float),
-                                       jnp.asarray(predictions, float)))
-    if int(state.overflow):
-        raise CapacityError(f"trace needs more than capacity={capacity} slots")
-    return arrival_times + np.asarray(state.responses, np.float64)
+    return arrival_times, Chunk(jnp.asarray(gaps, float), jnp.asarray(sizes, float),
+                                jnp.asarray(predictions, float))
 
 
 @partial(jax.jit, static_argnums=0)
@@ -315,4 +368,13 @@ def _trace(spec, policy, chunk):
     one = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], tree)  # noqa: E731
     state = run_chunk(spec, one(policy), jnp.ones((1,), float), one(chunk), one(init_state(spec)),
                       jnp.full((1,), spec.servers, jnp.int32))
+    return jax.tree_util.tree_map(lambda a: a[0], state)
+
+
+@partial(jax.jit, static_argnums=0)
+def _trace_dispatch(spec, policy, chunk):
+    one = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], tree)  # noqa: E731
+    state = dispatching.run_chunk(spec, one(policy), jnp.ones((1,), float), one(chunk),
+                                  one(dispatching.init_state(spec)),
+                                  jnp.full((1,), spec.servers, jnp.int32))
     return jax.tree_util.tree_map(lambda a: a[0], state)

@@ -1,5 +1,5 @@
 """A queueing system to simulate: load, arrival process, service distribution, predictor, policy,
-and the number of servers behind one central queue.
+and the servers: behind one central queue, or each with its own queue behind a dispatcher.
 
 `System` is the unit of a sweep. Any numeric field anywhere inside it may carry a batch axis:
 `System(load=jnp.linspace(0.5, 0.95, 10), predictor=LognormalNoise(sigma=...))` is a batch of
@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxq._checks import check_range
 from jaxq.arrivals import Arrivals, Poisson
+from jaxq.dispatch import Dispatch
 from jaxq.distributions import Distribution, Exponential
 from jaxq.policies import FCFS, Policy
 from jaxq.predictors import Perfect, Predictor
@@ -27,11 +28,14 @@ class System(eqx.Module):
     policy: Policy
     arrivals: Arrivals
     seed: jax.Array  # () or (batch,) int: configurations with equal seeds see the same jobs
-    servers: jax.Array  # () or (batch,) int >= 1: servers fed by one central queue
+    servers: jax.Array  # () or (batch,) int >= 1: servers fed by one central queue, or by
+    #                     the dispatcher if there is one
+    dispatch: Dispatch | None  # None: one central queue; else each server has its own queue
 
     def __init__(self, load, service: Distribution | None = None,
                  predictor: Predictor | None = None, policy: Policy | None = None,
-                 arrivals: Arrivals | None = None, seed=0, servers=1):
+                 arrivals: Arrivals | None = None, seed=0, servers=1,
+                 dispatch: Dispatch | None = None):
         self.load = jnp.asarray(load, dtype=float)
         self.service = Exponential() if service is None else service
         self.predictor = Perfect() if predictor is None else predictor
@@ -39,6 +43,10 @@ class System(eqx.Module):
         self.arrivals = Poisson() if arrivals is None else arrivals
         self.seed = jnp.asarray(seed, dtype=jnp.int32)
         self.servers = _servers(servers)
+        if dispatch is not None and not isinstance(dispatch, Dispatch):
+            raise TypeError(f"dispatch must be a jaxq.Dispatch or None, got "
+                            f"{type(dispatch).__name__}")
+        self.dispatch = dispatch
 
     def __check_init__(self):
         check_range("load", self.load, low=0.0, low_open=True, high=np.inf)
