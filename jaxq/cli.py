@@ -22,6 +22,7 @@ PREDICTOR_NAMES = ("perfect", "exponential", "uniform", "lognormal")
 LINEAR_WEIGHTS = ("w_prediction", "w_remaining", "w_attained", "w_age", "w_prompt", "w_kv",
                   "w_peak")
 LINEAR_DEFAULT = "0,1,0,0"  # --weights of linear: sprpt
+DISPATCH_NAMES = ("random", "round-robin", "jsq", "jsq-d", "least-predicted-work", "least-work")
 SERVICE_NAMES = ("exponential", "deterministic", "uniform", "lognormal", "weibull",
                  "bounded-pareto", "hyperexponential", "empirical")
 
@@ -36,6 +37,12 @@ def _add_model_options(p: argparse.ArgumentParser):
     g.add_argument("--servers", type=int, default=1,
                    help="servers fed by one central queue (default 1); each serves one job at a "
                         "time, and the `servers` best-ranked jobs are in service")
+    g.add_argument("--dispatch", default=None,
+                   help=f"give each server a queue of its own and send each job to one: "
+                        f"{', '.join(DISPATCH_NAMES)} (default: one central queue)")
+    g.add_argument("--d", type=int, default=None,
+                   help="servers sampled per job: jsq-d (default 2), least-predicted-work and "
+                        "least-work (default: all)")
     g.add_argument("--alpha", type=float, default=0.5,
                    help="uniform predictor: y ~ U[(1-alpha)x, (1+alpha)x], alpha in [0, 1)")
     g.add_argument("--sigma", type=float, default=0.5,
@@ -158,6 +165,11 @@ def _parameters(args) -> dict:
     out = {k: getattr(args, k) for k in keys}
     if args.servers != 1:
         out["servers"] = args.servers
+    if args.dispatch is not None:
+        out["dispatch"] = args.dispatch
+        d = build_dispatch(args).d
+        if d is not None:
+            out["d"] = d
     extra = {"uniform": "alpha", "lognormal": "sigma"}.get(args.predictor)
     if extra:
         out[extra] = getattr(args, extra)
@@ -189,7 +201,18 @@ def build_system(args, model=None):
 
     service, predictor, policy, arrivals = (model or build_model)(args)
     return jaxq.System(args.load, service, predictor, policy, arrivals, seed=args.seed,
-                       servers=args.servers)
+                       servers=args.servers, dispatch=build_dispatch(args))
+
+
+def build_dispatch(args):
+    """The jaxq.Dispatch of --dispatch and --d, or None (one central queue)."""
+    import jaxq
+
+    if getattr(args, "dispatch", None) is None:
+        if getattr(args, "d", None) is not None:
+            raise ValueError("--d needs --dispatch (jsq-d, least-predicted-work or least-work)")
+        return None
+    return jaxq.Dispatch(args.dispatch, args.d)
 
 
 def simulate_options(args) -> dict:
@@ -227,14 +250,21 @@ def cmd_queue(args) -> dict:
 
 
 def cmd_theory(args) -> dict:
-    from jaxq import theory
+    from jaxq import supermarket, theory
 
     service, predictor, policy, arrivals = build_model(args)
     if args.arrival_cv != 1.0:
         raise ValueError("theory is exact for Poisson arrivals only (--arrival-cv 1)")
     out = _parameters(args)
-    out["mean_response_time"] = float(theory.mean_response_time(policy, service, predictor,
-                                                                args.load, args.servers))
+    dispatch = build_dispatch(args)
+    if (dispatch is not None and dispatch.rule == "jsq-d" and args.policy == "fcfs"
+            and args.service == "exponential"):
+        # no exact value for finitely many servers: the supermarket model's limit
+        out["mean_field_limit"] = supermarket.jsq_d_mean_response_time(dispatch.d, args.load,
+                                                                       args.mean)
+        return out
+    out["mean_response_time"] = float(theory.mean_response_time(
+        policy, service, predictor, args.load, args.servers, dispatch))
     if args.policy == "onebit" and args.servers == 1:
         t, value = theory.optimal_onebit_threshold(service, predictor, args.load, args.preemptive)
         out.update(optimal_threshold=float(t), optimal_mean_response_time=float(value))
@@ -297,7 +327,7 @@ def add_queue_options(q: argparse.ArgumentParser):
     g.add_argument("--warmup", type=int, default=None, help="jobs discarded first (default jobs/10)")
     g.add_argument("--seed", type=int, default=0,
                    help="the configuration's seed: equal seeds see the same jobs")
-    g.add_argument("--capacity", type=int, default=256, help="job slots per replica")
+    g.add_argument("--capacity", type=int, default=256, help="job slots per replica (with --dispatch: per server)")
     g.add_argument("--finite-horizon", action="store_true",
                    help="stop arrivals after the last measured job and drain (allows load >= 1)")
 

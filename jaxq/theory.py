@@ -1291,12 +1291,30 @@ def supports(policy, service, predictor) -> bool:
     return True
 
 
-def mean_response_time(policy, service, predictor, load, servers: int = 1) -> float:
+def mean_response_time(policy, service, predictor, load, servers: int = 1,
+                       dispatch=None) -> float:
     """Exact E[T] of the M/G/1 queue with Poisson arrivals at lambda = load / E[X]; with
     servers = k > 1, of M/M/k under fcfs (Erlang C, jaxq.erlang), at load = lambda E[X] / k.
 
+    With a dispatch rule (jaxq.Dispatch) the k servers have queues of their own. Random
+    dispatch splits the Poisson stream into k Poisson streams, so each server is the M/G/1
+    queue at `load`, under any policy. Least-work dispatch to fcfs servers sends each job where
+    it starts soonest, which is the central fcfs queue (Erlang C with exponential sizes). Other
+    rules have no exact formula (jaxq.supermarket has power-of-d's limit as k -> oo).
+
     Raises ValueError for load outside (0, 1) and for models without an exact theory (linear;
-    k > 1 with another policy or non-exponential sizes)."""
+    k > 1 with another policy or non-exponential sizes; the other dispatch rules)."""
+    if dispatch is not None and servers != 1:
+        if dispatch.rule == "random":
+            servers = 1
+        elif dispatch.rule == "least-work" and dispatch.d is None:
+            if not isinstance(_pol.without_aging(policy), _pol.FCFS):
+                raise ValueError(f"least-work dispatch has an exact theory under fcfs only, got "
+                                 f"policy {policy.name!r}")
+        else:
+            raise ValueError(f"dispatch {dispatch.rule!r} has no exact theory (random, and "
+                             f"least-work over all servers with fcfs, do; "
+                             f"jaxq.supermarket gives power-of-d's limit as servers -> oo)")
     if servers != 1:
         return _multi_server_mean(policy, service, load, servers)
     spec = _spec(policy)

@@ -278,3 +278,56 @@ def test_bad_input():
     with pytest.raises(ValueError, match=r"picks must be \(2, 2\)"):
         jaxq.trace_dispatch(jaxq.FCFS(), 3, jaxq.Dispatch("jsq-d"), [0.0, 1.0], [1.0, 1.0],
                             picks=[[0, 3], [1, 1]])
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The command line and sweeps
+# ----------------------------------------------------------------------------------------------
+
+def test_command_line(capsys):
+    import json
+
+    from jaxq.cli import main
+
+    def run(*argv):
+        code = main([*argv, "--json"])
+        out = capsys.readouterr()
+        return code, (json.loads(out.out) if code == 0 else out.err)
+
+    code, sim = run("queue", "--servers", "3", "--dispatch", "random", "--policy", "sprpt",
+                    "--predictor", "exponential", "--load", "0.7", "--jobs", "4000",
+                    "--replicas", "2")
+    assert code == 0 and sim["dispatch"] == "random" and "d" not in sim
+    code, exact = run("theory", "--servers", "3", "--dispatch", "random", "--policy", "sprpt",
+                      "--predictor", "exponential", "--load", "0.7")
+    assert exact["mean_response_time"] == theory.mean_response_time(
+        jaxq.SPRPT(), jaxq.Exponential(), jaxq.ExponentialNoise(), 0.7)
+    code, limit = run("theory", "--servers", "50", "--dispatch", "jsq-d", "--load", "0.9")
+    assert code == 0 and limit["d"] == 2
+    assert limit["mean_field_limit"] == supermarket.jsq_d_mean_response_time(2, 0.9)
+    code, err = run("queue", "--load", "0.5", "--d", "2")
+    assert code != 0 and "--d needs --dispatch" in err
+    code, err = run("theory", "--servers", "4", "--dispatch", "jsq", "--load", "0.5")
+    assert code != 0 and "no exact theory" in err
+
+
+def test_sweep_over_dispatch_rules(tmp_path, capsys):
+    """Each rule compiles its own engine, so the sweep runs one stack per rule; the plot's theory
+    curve is each row's own: M/M/1 for random, Erlang C for least-work, none for jsq."""
+    from jaxq import erlang
+    from jaxq.cli import main
+    from jaxq.sweep.plots import theory_curve
+    from jaxq.sweep.results import load_table
+
+    assert main(["sweep", "queue", "--servers", "4", "--dispatch", "random,jsq,least-work",
+                 "--load", "0.8", "--jobs", "2000", "--replicas", "2", "--out", str(tmp_path),
+                 "--json"]) == 0
+    capsys.readouterr()
+    rows = load_table(str(tmp_path))
+    assert [r["dispatch"] for r in rows] == ["random", "jsq", "least-work"]
+    times = [r["mean_response_time"] for r in rows]
+    assert times[0] > times[1] > times[2]
+    curves = [theory_curve([row], "load") for row in rows]
+    assert curves[0][1][0] == pytest.approx(1 / 0.2)
+    assert curves[1] is None
+    assert curves[2][1][0] == pytest.approx(erlang.mmk_mean_response_time(4, 0.8))

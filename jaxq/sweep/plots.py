@@ -54,7 +54,7 @@ RESOLVED = ("kv_capacity", "host_capacity", "iter_base", "iter_per_prefill_token
 # The options that jaxq.cli.build_model reads: all an exact mean response time depends on.
 THEORY_OPTIONS = ("policy", "predictor", "service", "load", "alpha", "sigma", "threshold",
                   "preemptive", "c", "weights", "shape", "cv", "mean", "low", "high", "samples",
-                  "arrival_cv", "servers")
+                  "arrival_cv", "servers", "dispatch", "d")
 
 _KEYS = {"lines": ("kind", "x", "y", "by", "where", "theory", "optimum", "logy", "title", "name"),
          "heatmap": ("kind", "x", "y", "z", "where", "logz", "title", "name"),
@@ -351,7 +351,7 @@ def _exact(options: tuple) -> float:
     import argparse
 
     from jaxq import theory
-    from jaxq.cli import build_model
+    from jaxq.cli import build_dispatch, build_model
 
     args = argparse.Namespace(**dict(zip(THEORY_OPTIONS, options)))
     if args.arrival_cv != 1.0:
@@ -359,7 +359,8 @@ def _exact(options: tuple) -> float:
     try:
         service, predictor, policy, _ = build_model(args)
         servers = 1 if args.servers is None else int(args.servers)  # results before --servers
-        return theory.mean_response_time(policy, service, predictor, args.load, servers)
+        return theory.mean_response_time(policy, service, predictor, args.load, servers,
+                                          build_dispatch(args))
     except (ValueError, NotImplementedError, TypeError, ArithmeticError, OSError):
         return math.nan
 
