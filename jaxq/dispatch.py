@@ -14,8 +14,7 @@ Lazy servers. Servers interact only through the dispatcher, which reads its cand
 instants. So a server is brought up to date only when it is read: at an arrival, the candidates
 process their own departures and merges up to that instant (all of them in lockstep, one event
 each per pass) while the other servers wait where they were. An arrival then costs what its d
-candidates cost, not all n servers: power-of-d dispatching to a thousand servers costs about
-what it costs to ten. Every server is brought up to date at the two ends of the measurement
+candidates cost, not all n servers. Every server is brought up to date at the two ends of the measurement
 window, so the time averages cover it exactly, and at the end of a finite-horizon run, which
 drains them all.
 """
