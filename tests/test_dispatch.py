@@ -97,7 +97,8 @@ def test_every_policy_matches_the_reference(config):
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: f"{r[0]}-{r[1]}")
 @pytest.mark.parametrize("config", [
-    pytest.param(("sprpt", {}), id="sprpt"), pytest.param(("las", {}), id="las"),
+    pytest.param(("sprpt", {}), id="sprpt"),
+    pytest.param(("las", {}), id="las", marks=pytest.mark.slow),
     pytest.param(("fcfs", {}), id="fcfs", marks=pytest.mark.slow),
     pytest.param(("spjf", {}), id="spjf", marks=pytest.mark.slow)])
 def test_every_rule_matches_the_reference(config, rule):
@@ -108,8 +109,11 @@ def test_every_rule_matches_the_reference(config, rule):
 
 @pytest.mark.parametrize("rule", [("round-robin", None), ("jsq", None), ("jsq-d", 2)],
                          ids=lambda r: r[0])
-@pytest.mark.parametrize("config", engine_tests._params(
-    [("fcfs", {}), ("srpt", {}), ("las", {}), ("onebit", {"threshold": 1.0, "preemptive": True})]))
+@pytest.mark.parametrize("config", [
+    pytest.param(("srpt", {}), id="srpt"), pytest.param(("las", {}), id="las"),
+    pytest.param(("fcfs", {}), id="fcfs", marks=pytest.mark.slow),
+    pytest.param(("onebit", {"threshold": 1.0, "preemptive": True}), id="onebit",
+                 marks=pytest.mark.slow)])
 def test_counting_rules_match_on_lattice_instances(config, rule):
     """Exact ties everywhere (equal counts: the first candidate wins). Queue lengths are whole
     numbers, so the rules that count see the ties the reference sees; sharing groups may finish
@@ -149,7 +153,9 @@ RUN = dict(jobs=4000, replicas=2, key=3, capacity=64)
 FIELDS = ("mean_response_time", "mean_slowdown", "utilisation", "mean_number_in_system")
 
 
-@pytest.mark.parametrize("policy", [jaxq.SPRPT(), jaxq.LAS(), jaxq.FCFS()], ids=lambda p: p.name)
+@pytest.mark.parametrize("policy", [
+    pytest.param(jaxq.SPRPT(), id="sprpt"), pytest.param(jaxq.LAS(), id="las"),
+    pytest.param(jaxq.FCFS(), id="fcfs", marks=pytest.mark.slow)])
 def test_one_server_is_the_one_server_engine(policy):
     """Every arrival reads the one server; only the rounding of the times differs (x64)."""
     system = dict(load=0.8, predictor=jaxq.LognormalNoise(0.5), policy=policy)
@@ -192,6 +198,7 @@ def test_random_dispatch_is_independent_mg1_queues():
         assert np.all(r.overflow == 0) and np.all(r.unfinished == 0)
 
 
+@pytest.mark.slow
 def test_better_information_dispatches_better():
     # at equal load: random > power of two > join the shortest queue > least work (FCFS)
     rules = [("random", None), ("jsq-d", 2), ("jsq", None), ("least-work", None)]
