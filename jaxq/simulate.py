@@ -90,7 +90,7 @@ def simulate(system: System, *, jobs: int, replicas: int = 8, warmup: int | None
                       histogram_bins=histogram_bins, servers=int(np.max(system.servers)),
                       dispatch=system.dispatch)
     keys = _replica_keys(_as_key(key), flat.seed, replicas)
-    init = init_state if spec.dispatch is None else dispatching.init_state
+    init, _ = _engine(spec)
     state = jax.tree_util.tree_map(
         lambda leaf: jnp.broadcast_to(leaf, (batch, replicas) + leaf.shape), init(spec))
     mesh = _config_mesh()
@@ -217,17 +217,14 @@ def _advance(spec: EngineSpec, mesh: jax.sharding.Mesh | None, system: System, k
         chunk = jax.vmap(lambda s, k: sample_chunk(s, k, chunk_index, spec.chunk))(per_replica,
                                                                                   keys)
         mean_size = jax.vmap(lambda s: s.service.mean())(per_replica)
-        state = jax.tree_util.tree_map(flat, state)
-        if spec.dispatch is None:
-            state = run_chunk(spec, per_replica.policy, mean_size, chunk, state,
-                              per_replica.servers)
-        else:
+        if spec.dispatch is not None:
             picks = jax.vmap(lambda k, n: dispatching.sample_picks(
                 _stream(k, _STREAM_DISPATCH, chunk_index), spec.chunk, spec.dispatch, n))(
                     keys, per_replica.servers)
-            state = dispatching.run_chunk(spec, per_replica.policy, mean_size,
-                                          dispatching.DispatchChunk(*chunk, picks), state,
-                                          per_replica.servers)
+            chunk = dispatching.DispatchChunk(*chunk, picks)
+        _, run = _engine(spec)
+        state = run(spec, per_replica.policy, mean_size, chunk,
+                    jax.tree_util.tree_map(flat, state), per_replica.servers)
         return jax.tree_util.tree_map(
             lambda a: jnp.reshape(a, (batch, replicas) + a.shape[1:]), state)
 
@@ -338,7 +335,7 @@ def trace_dispatch(policy, servers: int, dispatch: dispatching.Dispatch, arrival
     spec = EngineSpec(capacity=capacity or n, chunk=n, warmup=0, jobs=n, finite_horizon=True,
                       bucket_edges=DEFAULT_SIZE_BUCKETS, histogram_bins=1, record_jobs=n,
                       servers=int(servers), dispatch=dispatch)
-    state = _trace_dispatch(spec, policy, dispatching.DispatchChunk(
+    state = _trace(spec, policy, dispatching.DispatchChunk(
         *chunk, jnp.asarray(picks, jnp.int32)))
     if int(state.overflow):
         raise CapacityError(f"trace needs more than capacity={capacity} slots per server")
@@ -365,16 +362,16 @@ def _trace_jobs(arrival_times, sizes, predictions) -> tuple[np.ndarray, Chunk]:
 
 @partial(jax.jit, static_argnums=0)
 def _trace(spec, policy, chunk):
+    init, run = _engine(spec)
     one = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], tree)  # noqa: E731
-    state = run_chunk(spec, one(policy), jnp.ones((1,), float), one(chunk), one(init_state(spec)),
-                      jnp.full((1,), spec.servers, jnp.int32))
+    state = run(spec, one(policy), jnp.ones((1,), float), one(chunk), one(init(spec)),
+                jnp.full((1,), spec.servers, jnp.int32))
     return jax.tree_util.tree_map(lambda a: a[0], state)
 
 
-@partial(jax.jit, static_argnums=0)
-def _trace_dispatch(spec, policy, chunk):
-    one = lambda tree: jax.tree_util.tree_map(lambda a: jnp.asarray(a)[None], tree)  # noqa: E731
-    state = dispatching.run_chunk(spec, one(policy), jnp.ones((1,), float), one(chunk),
-                                  one(dispatching.init_state(spec)),
-                                  jnp.full((1,), spec.servers, jnp.int32))
-    return jax.tree_util.tree_map(lambda a: a[0], state)
+def _engine(spec: EngineSpec):
+    """(init_state, run_chunk) of the engine the spec names: the central queue (jaxq.queue), or
+    servers with queues of their own (jaxq.dispatch). Both take the same arguments."""
+    if spec.dispatch is None:
+        return init_state, run_chunk
+    return dispatching.init_state, dispatching.run_chunk

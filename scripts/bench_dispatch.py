@@ -21,16 +21,12 @@ jobs/s counts measured jobs over all configurations over wall time.
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import json
-import multiprocessing
-import platform
 import random
-import statistics
-import time
 
-from _machine import cores, cpu_model  # scripts/, beside this file
+from _machine import cores  # scripts/, beside this file
+from _servers_bench import bench_jaxq, bench_python, machine, options
 
 
 class _Server:
@@ -96,80 +92,25 @@ def jsq2_sprpt(servers: int, load: float, jobs: int, warmup: int, seed: int) -> 
     return total / jobs
 
 
-def _python_share(task):
-    servers, load, jobs, warmup, seeds = task
-    start = time.perf_counter()
-    means = [jsq2_sprpt(servers, load, jobs, warmup, s) for s in seeds]
-    return means, start, time.perf_counter()
-
-
-def bench_python(servers, args) -> dict:
-    n = cores()
-    seeds = list(range(args.python_configs))
-    tasks = [(servers, args.load, args.jobs, args.warmup, seeds[i::n]) for i in range(n)]
-    with multiprocessing.get_context("spawn").Pool(n) as pool:
-        parts = pool.map(_python_share, tasks)
-    means = [m for part in parts for m in part[0]]
-    seconds = max(p[2] for p in parts) - min(p[1] for p in parts)
-    return {"mean": statistics.fmean(means),
-            "stderr": statistics.stdev(means) / len(means) ** 0.5 if len(means) > 1 else 0.0,
-            "jobs_per_second": len(means) * args.jobs / seconds}
-
-
-def bench_jaxq(servers, args) -> dict:
-    import jax.numpy as jnp
-    import jaxq
-
-    system = jaxq.System(load=args.load, predictor=jaxq.ExponentialNoise(), policy=jaxq.SPRPT(),
-                         seed=jnp.arange(args.configs), servers=servers,
-                         dispatch=jaxq.Dispatch("jsq-d", d=2))
-
-    def run(key):
-        start = time.perf_counter()
-        r = jaxq.simulate(system, jobs=args.jobs, replicas=1, warmup=args.warmup,
-                          capacity=args.capacity, key=key)
-        return r, time.perf_counter() - start
-
-    _, first = run(0)
-    result, second = run(1)
-    means = result.mean_response_time
-    return {"mean": float(means.mean()), "stderr": float(means.std(ddof=1) / len(means) ** 0.5),
-            "jobs_per_second": float(result.jobs.sum()) / second,
-            "compile_seconds": max(first - second, 0.0),
-            "overflow": int(result.overflow.sum())}
-
-
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--servers", default="10,100,1000")
-    p.add_argument("--load", type=float, default=0.9)
-    p.add_argument("--configs", type=int, default=128)
-    p.add_argument("--python-configs", type=int, default=8)
-    p.add_argument("--jobs", type=int, default=20_000)
-    p.add_argument("--warmup", type=int, default=2_000)
-    p.add_argument("--capacity", type=int, default=32)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    if args.quick:
-        args.servers, args.configs, args.python_configs, args.jobs, args.warmup = (
-            "10", 8, 2, 2000, 200)
-
+    args = options(__doc__.splitlines()[0], servers="10,100,1000", configs=128,
+                   python_configs=8, capacity=32, quick_servers="10")
     import jax
     jax.config.update("jax_num_cpu_devices", cores())
+    import jaxq
     from jaxq import supermarket
 
     rows = []
     for n in (int(v) for v in args.servers.split(",")):
-        rows.append({"servers": n, "jaxq": bench_jaxq(n, args), "python": bench_python(n, args)})
-    machine = {"cpu": cpu_model(), "cores": cores(), "python": platform.python_version(),
-               "jax": jax.__version__}
+        rows.append({"servers": n, "jaxq": bench_jaxq(n, args, jaxq.Dispatch("jsq-d", d=2)),
+                     "python": bench_python(jsq2_sprpt, n, args)})
+    host = machine()
     if args.json:
-        print(json.dumps({"machine": machine, "rows": rows}))
+        print(json.dumps({"machine": host, "rows": rows}))
         return
     print(f"jsq-d (d = 2) to n sprpt servers, exponential predictions, M/M at load {args.load} "
           f"per server; jaxq {args.configs} x {args.jobs} jobs, Python {args.python_configs} x "
-          f"{args.jobs}; {machine}")
+          f"{args.jobs}; {host}")
     print("| servers | jaxq jobs/s | Python jobs/s | jaxq / Python | mean T jaxq | "
           "mean T Python | compile s |")
     print("|---|---|---|---|---|---|---|")

@@ -17,16 +17,12 @@ and measures the next `jobs`; jobs/s counts measured jobs over all configuration
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import json
-import multiprocessing
-import platform
 import random
-import statistics
-import time
 
-from _machine import cores, cpu_model  # scripts/, beside this file
+from _machine import cores  # scripts/, beside this file
+from _servers_bench import bench_jaxq, bench_python, machine, options
 
 
 def sprpt_servers(servers: int, load: float, jobs: int, warmup: int, seed: int) -> float:
@@ -84,78 +80,23 @@ def sprpt_servers(servers: int, load: float, jobs: int, warmup: int, seed: int) 
     return total / jobs
 
 
-def _python_share(task):
-    servers, load, jobs, warmup, seeds = task
-    start = time.perf_counter()
-    means = [sprpt_servers(servers, load, jobs, warmup, s) for s in seeds]
-    return means, start, time.perf_counter()
-
-
-def bench_python(servers, args) -> dict:
-    n = cores()
-    seeds = list(range(args.python_configs))
-    tasks = [(servers, args.load, args.jobs, args.warmup, seeds[i::n]) for i in range(n)]
-    with multiprocessing.get_context("spawn").Pool(n) as pool:
-        parts = pool.map(_python_share, tasks)
-    means = [m for part in parts for m in part[0]]
-    seconds = max(p[2] for p in parts) - min(p[1] for p in parts)
-    return {"mean": statistics.fmean(means),
-            "stderr": statistics.stdev(means) / len(means) ** 0.5 if len(means) > 1 else 0.0,
-            "jobs_per_second": len(means) * args.jobs / seconds}
-
-
-def bench_jaxq(servers, args) -> dict:
-    import jax.numpy as jnp
-    import jaxq
-
-    system = jaxq.System(load=args.load, predictor=jaxq.ExponentialNoise(), policy=jaxq.SPRPT(),
-                         seed=jnp.arange(args.configs), servers=servers)
-
-    def run(key):
-        start = time.perf_counter()
-        r = jaxq.simulate(system, jobs=args.jobs, replicas=1, warmup=args.warmup,
-                          capacity=args.capacity, key=key)
-        return r, time.perf_counter() - start
-
-    _, first = run(0)
-    result, second = run(1)
-    means = result.mean_response_time
-    return {"mean": float(means.mean()), "stderr": float(means.std(ddof=1) / len(means) ** 0.5),
-            "jobs_per_second": float(result.jobs.sum()) / second,
-            "compile_seconds": max(first - second, 0.0),
-            "overflow": int(result.overflow.sum())}
-
-
 def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--servers", default="1,2,4,8,16")
-    p.add_argument("--load", type=float, default=0.9)
-    p.add_argument("--configs", type=int, default=256)
-    p.add_argument("--python-configs", type=int, default=16)
-    p.add_argument("--jobs", type=int, default=20_000)
-    p.add_argument("--warmup", type=int, default=2_000)
-    p.add_argument("--capacity", type=int, default=128)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    if args.quick:
-        args.servers, args.configs, args.python_configs, args.jobs, args.warmup = (
-            "1,4", 8, 2, 2000, 200)
-
+    args = options(__doc__.splitlines()[0], servers="1,2,4,8,16", configs=256,
+                   python_configs=16, capacity=128, quick_servers="1,4")
     import jax
     jax.config.update("jax_num_cpu_devices", cores())
     rows = []
     for k in (int(v) for v in args.servers.split(",")):
-        rows.append({"servers": k, "jaxq": bench_jaxq(k, args), "python": bench_python(k, args)})
-    machine = {"cpu": cpu_model(), "cores": cores(), "python": platform.python_version(),
-               "jax": jax.__version__}
+        rows.append({"servers": k, "jaxq": bench_jaxq(k, args),
+                     "python": bench_python(sprpt_servers, k, args)})
+    host = machine()
     if args.json:
-        print(json.dumps({"machine": machine, "rows": rows}))
+        print(json.dumps({"machine": host, "rows": rows}))
         return
     base = rows[0]["jaxq"]["jobs_per_second"]
     print(f"M/M/k sprpt, exponential predictions, load {args.load} per server; jaxq "
           f"{args.configs} x {args.jobs} jobs, Python {args.python_configs} x {args.jobs}; "
-          f"{machine}")
+          f"{host}")
     print("| servers | jaxq jobs/s | vs jaxq k=1 | Python jobs/s | jaxq / Python | mean T jaxq | "
           "mean T Python | compile s |")
     print("|---|---|---|---|---|---|---|---|")
