@@ -150,11 +150,13 @@ def test_a_server_sampled_twice_is_read_once():
 # ----------------------------------------------------------------------------------------------
 
 RUN = dict(jobs=4000, replicas=2, key=3, capacity=64)
+SHORT = dict(RUN, jobs=1500)  # for checks of exact equality, which need no long run
 FIELDS = ("mean_response_time", "mean_slowdown", "utilisation", "mean_number_in_system")
 
 
 @pytest.mark.parametrize("policy", [
-    pytest.param(jaxq.SPRPT(), id="sprpt"), pytest.param(jaxq.LAS(), id="las"),
+    pytest.param(jaxq.SPRPT(), id="sprpt"),
+    pytest.param(jaxq.LAS(), id="las", marks=pytest.mark.slow),
     pytest.param(jaxq.FCFS(), id="fcfs", marks=pytest.mark.slow)])
 def test_one_server_is_the_one_server_engine(policy):
     """Every arrival reads the one server; only the rounding of the times differs (x64)."""
@@ -217,10 +219,10 @@ def test_a_configuration_does_not_depend_on_its_batch():
     dispatch = jaxq.Dispatch("jsq-d", d=2)
     both = jaxq.simulate(jaxq.System(load=np.array([0.6, 0.95]), servers=np.array([5, 9]),
                                      policy=jaxq.SPRPT(), predictor=jaxq.LognormalNoise(1.0),
-                                     dispatch=dispatch, seed=[0, 1]), **RUN)
+                                     dispatch=dispatch, seed=[0, 1]), **SHORT)
     alone = jaxq.simulate(jaxq.System(load=0.6, servers=5, policy=jaxq.SPRPT(),
                                       predictor=jaxq.LognormalNoise(1.0), dispatch=dispatch,
-                                      seed=0), **RUN)
+                                      seed=0), **SHORT)
     for field in FIELDS + ("p99", "max_in_system", "jobs"):
         assert getattr(both, field)[0] == getattr(alone, field), field
 
@@ -242,7 +244,7 @@ def test_deterministic_for_a_key():
     system = jaxq.System(load=0.9, servers=6, policy=jaxq.LAS(),
                          dispatch=jaxq.Dispatch("least-predicted-work", d=2),
                          predictor=jaxq.ExponentialNoise())
-    a, b = (jaxq.simulate(system, **RUN) for _ in range(2))
+    a, b = (jaxq.simulate(system, **SHORT) for _ in range(2))
     assert a.replica_mean_response_time.tolist() == b.replica_mean_response_time.tolist()
 
 

@@ -98,9 +98,10 @@ def check(name, params, cases, servers, allow_tie_rounding=False) -> int:
     return compared
 
 
-@pytest.mark.parametrize("servers", [2, 3])
+@pytest.mark.parametrize("servers", [2, pytest.param(3, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("config", engine_tests._params(engine_tests.ALL_CONFIGS))
 def test_engine_matches_reference_on_continuous_instances(config, servers):
+    """Every policy setting with 2 servers; with 3 in the long suite (-m slow)."""
     assert check(*config, engine_tests.CONTINUOUS, servers) == len(engine_tests.CONTINUOUS)
 
 
