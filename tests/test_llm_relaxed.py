@@ -93,6 +93,7 @@ def test_gradient_equals_finite_differences_of_the_relaxed_engine():
     assert abs(fd[1]) > 1e-6, fd
 
 
+@pytest.mark.slow
 def test_a_preemption_is_a_hard_event_the_gradient_does_not_see():
     """With a tight cache, which request the cache's filling up preempts is a hard choice, so
     the mean TTFT jumps as w_prompt moves: on a grid of step 2.5e-4, some step changes it by more
@@ -154,6 +155,7 @@ def test_the_tuner_refuses_what_the_relaxed_engine_does_not_model(kwargs, words)
         tune.tune_llm(_system(jaxq.Linear()), WORKLOAD, ["w_prompt"], method="spa", steps=1)
 
 
+@pytest.mark.slow
 def test_llm_problems_are_tuned_by_gradient_side_by_side():
     system = LLMSystem(jaxq.Linear(0.0, 1.0, 0.0, 0.0, w_prompt=0.0),
                        jaxq.LognormalNoise(jnp.asarray([0.25, 1.0])), preemption="recompute",

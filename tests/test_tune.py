@@ -22,6 +22,7 @@ from jaxq.simulate import _replica_keys
 LINEAR = ["w_prediction", "w_remaining", "w_attained", "w_age"]
 
 
+@pytest.mark.slow
 def test_relaxed_gradient_agrees_with_evolution_strategies_on_the_exact_engine():
     """A vector parameter (the linear rank's four weights): cosine similarity above 0.8, and the
     same sign wherever the unbiased estimate is clearly nonzero."""
@@ -55,7 +56,8 @@ def test_relaxed_gradient_agrees_with_evolution_strategies_on_the_exact_engine()
 # (scripts/bench_tune.py), so whether its run lands within 2 stderr is chance (keys 0-3 ended at
 # T = 0.34, 0.29, 0.18, 1.10 with one sampling of the sizes and 0.72, 0.93, 0.41, 0.59 with
 # another; the optimum is 1.03 and E[T] is flat near it). A test of either outcome would be luck.
-@pytest.mark.parametrize("method, load, start_t", [("spa", 0.6, 0.3), ("es", 0.8, 0.05)])
+@pytest.mark.parametrize("method, load, start_t", [
+    ("spa", 0.6, 0.3), pytest.param("es", 0.8, 0.05, marks=pytest.mark.slow)])
 def test_onebit_threshold_reaches_the_m_m_1_optimum(method, load, start_t):
     """M/M/1, exponential prediction noise, non-preemptive onebit starting away from the optimum:
     the learned policy's mean response time, measured on the exact engine with fresh seeds, is
@@ -104,6 +106,7 @@ MLP_PROBLEM = dict(load=0.8, service=jaxq.Hyperexponential(cv=4.0),
                    predictor=jaxq.LognormalNoise(1.0))
 
 
+@pytest.mark.slow
 def test_mlp_rank_tuned_by_reverse_mode_beats_sprpt_on_the_exact_engine():
     """25 weights, from the MLP that equals sprpt, by the checkpointed reverse-mode gradient of
     the relaxed engine at tau = 1 (where it is trustworthy: README): the learned

@@ -60,6 +60,7 @@ def test_services_and_predictors(service, predictor, policy):
     check(policy, service, predictor, [0.7], jobs=20_000)
 
 
+@pytest.mark.slow
 def test_mm1_fcfs_high_load():
     check(jaxq.FCFS(), jaxq.Exponential(), jaxq.Perfect(), [0.95], jobs=100_000)
 
