@@ -77,15 +77,15 @@ def check(name, params, servers, dispatch, cases, seed, allow_tie_rounding=False
 # 1. Engine == reference
 # ----------------------------------------------------------------------------------------------
 
-def _every_third_in_the_default_suite(configs):
-    """The default suite runs every third setting; the rest run with -m slow (each compiles
+def _every_sixth_in_the_default_suite(configs):
+    """The default suite runs every sixth setting; the rest run with -m slow (each compiles
     its own engine: a second or two apiece)."""
     return [pytest.param(c, id=engine_tests._config_id(c),
-                         marks=() if i % 3 == 0 else pytest.mark.slow)
+                         marks=() if i % 6 == 0 else pytest.mark.slow)
             for i, c in enumerate(configs)]
 
 
-@pytest.mark.parametrize("config", _every_third_in_the_default_suite(engine_tests.ALL_CONFIGS))
+@pytest.mark.parametrize("config", _every_sixth_in_the_default_suite(engine_tests.ALL_CONFIGS))
 def test_every_policy_matches_the_reference(config):
     """Each policy setting under a rule that samples (so a server may be sampled twice) on 3
     servers: power-of-2 by count for half of them, by predicted work for the other half."""
@@ -110,7 +110,8 @@ def test_every_rule_matches_the_reference(config, rule):
 @pytest.mark.parametrize("rule", [("round-robin", None), ("jsq", None), ("jsq-d", 2)],
                          ids=lambda r: r[0])
 @pytest.mark.parametrize("config", [
-    pytest.param(("srpt", {}), id="srpt"), pytest.param(("las", {}), id="las"),
+    pytest.param(("srpt", {}), id="srpt", marks=pytest.mark.slow),
+    pytest.param(("las", {}), id="las"),
     pytest.param(("fcfs", {}), id="fcfs", marks=pytest.mark.slow),
     pytest.param(("onebit", {"threshold": 1.0, "preemptive": True}), id="onebit",
                  marks=pytest.mark.slow)])

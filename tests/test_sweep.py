@@ -237,6 +237,7 @@ def test_sharded_over_devices_gives_the_same_table(tmp_path):
     assert _table(str(three)) == _table(str(one))
 
 
+@pytest.mark.slow
 def test_llm_over_devices_gives_the_same_table(tmp_path):
     base = {"workload": "azure-conversation", "rate": "3", "requests": "40", "slots": "48",
             "kv_capacity": "12000", "replicas": "3", "predictor": "lognormal"}
@@ -248,6 +249,7 @@ def test_llm_over_devices_gives_the_same_table(tmp_path):
     assert _table(str(two)) == _table(str(one))
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_same_table(tmp_path):
     with socket.socket() as s:
         s.bind(("localhost", 0))
