@@ -4,8 +4,9 @@ from jaxq.arrivals import Poisson, Renewal
 from jaxq.dispatch import Dispatch
 from jaxq.distributions import (SERVICES, BoundedPareto, Deterministic, Empirical, Exponential,
                                 Hyperexponential, Lognormal, Uniform, Weibull)
-from jaxq.policies import (FCFS, LAS, POLICIES, PSJF, PSPJF, SJF, SPJF, SPRPT, SRPT, Linear,
-                           OneBit, SPRPTLimited)
+from jaxq.policies import (FCFS, LAS, POLICIES, PSJF, PSPJF, SJF, SPJF, SPRPT, SRPT,
+                           DelayPredict, Linear, OneBit, SkipPredict, SPRPTLimited)
+from jaxq.prediction_cost import PredictionCost
 from jaxq.predictors import PREDICTORS, ExponentialNoise, LognormalNoise, Perfect, UniformNoise
 from jaxq.simulate import CapacityError, Result, simulate, trace, trace_dispatch
 from jaxq.system import System
@@ -13,10 +14,12 @@ from jaxq.system import System
 __version__ = "0.1.0"
 
 __all__ = [
-    "BoundedPareto", "CapacityError", "Deterministic", "Dispatch", "Empirical", "Exponential",
+    "BoundedPareto", "CapacityError", "DelayPredict", "Deterministic", "Dispatch", "Empirical",
+    "Exponential",
     "ExponentialNoise", "FCFS", "Hyperexponential", "LAS", "Linear", "Lognormal",
     "LognormalNoise", "OneBit", "POLICIES", "PREDICTORS", "PSJF", "PSPJF", "Perfect", "Poisson",
-    "Renewal", "Result", "SERVICES", "SJF", "SPJF", "SPRPT", "SPRPTLimited", "SRPT", "System",
+    "PredictionCost", "Renewal", "Result", "SERVICES", "SJF", "SPJF", "SPRPT", "SPRPTLimited",
+    "SRPT", "SkipPredict", "System",
     "Uniform", "UniformNoise", "Weibull", "simulate", "trace", "trace_dispatch",
     "__version__",
 ]

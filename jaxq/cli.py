@@ -17,7 +17,8 @@ import sys
 import numpy as np
 
 POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
-                "onebit", "linear", "mlp")
+                "onebit", "linear", "mlp", "skippredict", "delaypredict")
+COST_MODELS = ("external", "server")
 PREDICTOR_NAMES = ("perfect", "exponential", "uniform", "lognormal")
 LINEAR_WEIGHTS = ("w_prediction", "w_remaining", "w_attained", "w_age", "w_prompt", "w_kv",
                   "w_peak")
@@ -47,7 +48,17 @@ def _add_model_options(p: argparse.ArgumentParser):
                    help="uniform predictor: y ~ U[(1-alpha)x, (1+alpha)x], alpha in [0, 1)")
     g.add_argument("--sigma", type=float, default=0.5,
                    help="lognormal predictor: y = x exp(sigma Z), sigma >= 0")
-    g.add_argument("--threshold", type=float, default=1.0, help="onebit: short iff y < threshold")
+    g.add_argument("--threshold", type=float, default=1.0,
+                   help="onebit, skippredict: short iff y < threshold")
+    g.add_argument("--limit", type=float, default=1.0,
+                   help="delaypredict: service each job gets FCFS before it is predicted (>= 0)")
+    g.add_argument("--prediction-cost", type=float, default=None,
+                   help="cost of one full prediction (>= 0); predictions are free without it")
+    g.add_argument("--cheap-cost", type=float, default=0.0,
+                   help="cost of one cheap one-bit prediction (>= 0; default 0)")
+    g.add_argument("--cost-model", default="external",
+                   help="external: the costs add to the objective; server: a prediction takes "
+                        "that much server time")
     g.add_argument("--preemptive", action="store_true", help="onebit / linear: preemptive variant")
     g.add_argument("--c", type=float, default=0.5, help="sprpt-limited: c in [0, 1]")
     g.add_argument("--aging", type=float, default=0.0,
@@ -138,6 +149,10 @@ def build_policy(args, names=POLICY_NAMES, weight_names=LINEAR_WEIGHTS[:4]):
         policy = jaxq.SPRPTLimited(args.c)
     elif p == "onebit":
         policy = jaxq.OneBit(args.threshold, args.preemptive)
+    elif p == "skippredict":
+        policy = jaxq.SkipPredict(args.threshold)
+    elif p == "delaypredict":
+        policy = jaxq.DelayPredict(args.limit)
     elif p == "linear":
         w = _numbers("weights", args.weights or LINEAR_DEFAULT)
         if not 4 <= len(w) <= len(weight_names):
@@ -175,6 +190,13 @@ def _parameters(args) -> dict:
         out[extra] = getattr(args, extra)
     if args.policy == "onebit":
         out.update(threshold=args.threshold, preemptive=args.preemptive)
+    if args.policy == "skippredict":
+        out["threshold"] = args.threshold
+    if args.policy == "delaypredict":
+        out["limit"] = args.limit
+    if build_prediction_cost(args) is not None:
+        out.update(prediction_cost=args.prediction_cost, cheap_cost=args.cheap_cost,
+                   cost_model=args.cost_model)
     if args.policy == "sprpt-limited":
         out["c"] = args.c
     if args.policy == "linear":
@@ -191,7 +213,8 @@ QUEUE_METRICS = {"mean_response_time": "mean_response_time", "stderr": "stderr",
                  "mean_slowdown": "mean_slowdown", "p50": "p50", "p90": "p90", "p99": "p99",
                  "utilisation": "utilisation", "mean_number_in_system": "mean_number_in_system",
                  "measured_jobs": "jobs", "overflow": "overflow",
-                 "max_in_system": "max_in_system", "unfinished": "unfinished"}
+                 "max_in_system": "max_in_system", "unfinished": "unfinished",
+                 "mean_prediction_cost": "mean_prediction_cost", "cost": "cost"}
 
 
 def build_system(args, model=None):
@@ -201,7 +224,24 @@ def build_system(args, model=None):
 
     service, predictor, policy, arrivals = (model or build_model)(args)
     return jaxq.System(args.load, service, predictor, policy, arrivals, seed=args.seed,
-                       servers=args.servers, dispatch=build_dispatch(args))
+                       servers=args.servers, dispatch=build_dispatch(args),
+                       prediction_cost=build_prediction_cost(args))
+
+
+def build_prediction_cost(args):
+    """The jaxq.PredictionCost of --prediction-cost, --cheap-cost and --cost-model, or None
+    (free predictions)."""
+    import jaxq
+    from jaxq._checks import check_choice
+
+    check_choice("cost model", getattr(args, "cost_model", "external"), COST_MODELS)
+    if getattr(args, "prediction_cost", None) is None:
+        if (getattr(args, "cheap_cost", 0.0)
+                or getattr(args, "cost_model", "external") != "external"):
+            raise ValueError("--cheap-cost and --cost-model need --prediction-cost (the cost of a "
+                             "full prediction; 0 for free full predictions)")
+        return None
+    return jaxq.PredictionCost(args.prediction_cost, args.cheap_cost, args.cost_model)
 
 
 def build_dispatch(args):
@@ -263,8 +303,16 @@ def cmd_theory(args) -> dict:
         out["mean_field_limit"] = supermarket.jsq_d_mean_response_time(dispatch.d, args.load,
                                                                        args.mean)
         return out
+    cost = build_prediction_cost(args)
+    if cost is not None and cost.model == "server" and policy.needs != "none":
+        raise ValueError("with --cost-model server the predictions change the queue, which has "
+                         "no exact theory here; use `jaxq queue`")
     out["mean_response_time"] = float(theory.mean_response_time(
         policy, service, predictor, args.load, args.servers, dispatch))
+    if cost is not None:
+        out["mean_prediction_cost"] = theory.mean_prediction_cost(policy, service, predictor, cost)
+        out["cost"] = (out["mean_response_time"]
+                       + (out["mean_prediction_cost"] if cost.model == "external" else 0.0))
     if args.policy == "onebit" and args.servers == 1:
         t, value = theory.optimal_onebit_threshold(service, predictor, args.load, args.preemptive)
         out.update(optimal_threshold=float(t), optimal_mean_response_time=float(value))

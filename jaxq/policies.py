@@ -11,8 +11,10 @@ A rank has three parts:
   (non-preemptive policies lock a job once it has started; sprpt-limited once a > c * y).
 
 `slope()` is d(primary)/d(attained) for a job in service that is not locked, and is the same for
-every job of a policy. A negative or zero slope means a job in service only gets better relative
-to the waiting ones, so only an arrival can preempt it. A positive slope (las, or a linear rank
+every job of a policy (skippredict and delaypredict: -1 for their second class; their first
+class is constant, and only the sign matters for a policy that never shares). A negative or zero
+slope means a job in service only gets better relative to the waiting ones, so only an arrival
+(or a rank jump, below) can preempt it. A positive slope (las, or a linear rank
 that weighs attained service more than predicted remaining) means the served job catches up with
 waiting ones; jobs whose ranks meet then share the server equally (the limit of ties broken by
 arrival order as the rank rises), which is how las becomes processor sharing among the jobs with
@@ -20,6 +22,13 @@ least attained service.
 
 Oracle policies (sjf, psjf, srpt) read the true size x; every other policy reads only the
 prediction y, the attained service a and the time in system.
+
+A rank may also jump at a level of attained service (delaypredict at its limit, and any policy
+whose predictions take server time, jaxq.prediction_cost): such a policy sets `changes` and
+`next_change` gives the level, so that the engines stop there and choose again.
+
+`predictions(size, prediction)` says which predictions each job needs, for the cost of
+predictions: a cheap one-bit prediction, a full (expensive) one, or neither.
 
 The LLM engine uses the same policies on requests: x is the output length, y its prediction, a the
 tokens generated so far, and a request has "started" while its KV cache is resident on the GPU.
@@ -90,8 +99,25 @@ class Policy(eqx.Module):
     # never share take a cheaper path through the engine.
     may_share: ClassVar[bool] = False
 
+    # Which predictions every job of the policy needs: "none", "cheap" (one bit) or "full".
+    # skippredict and delaypredict decide per job (they override `predictions`).
+    needs: ClassVar[str] = "full"
+    # Whether the rank of a job may jump at a level of attained service (see next_change).
+    changes: ClassVar[bool] = False
+
     def rank(self, jobs: JobView) -> Rank:
         raise NotImplementedError
+
+    def next_change(self, jobs: JobView) -> jax.Array:
+        """The attained service (K,) or (K, B) at which each job's rank next jumps, inf if never;
+        read only when `changes`, for the jobs in service."""
+        return jnp.full(jobs.attained.shape, jnp.inf, jobs.attained.dtype)
+
+    def predictions(self, size, prediction) -> tuple[jax.Array, jax.Array]:
+        """(cheap, full): bool arrays shaped like `size`, whether a job of that size and
+        prediction gets a cheap one-bit prediction and a full one."""
+        cheap = jnp.full(jnp.shape(size), self.needs == "cheap")
+        return cheap, jnp.full(jnp.shape(size), self.needs == "full")
 
     def slope(self) -> jax.Array:
         return jnp.asarray(0.0)
@@ -108,6 +134,7 @@ class FCFS(Policy):
     requests ahead of a preempted earlier one, as vLLM does."""
 
     name: ClassVar[str] = "fcfs"
+    needs: ClassVar[str] = "none"
 
     def rank(self, jobs):
         return _rank(jobs, 0.0, locked=_started(jobs))
@@ -117,6 +144,7 @@ class LAS(Policy):
     """Least attained service (foreground-background): rank a; ties share the server."""
 
     name: ClassVar[str] = "las"
+    needs: ClassVar[str] = "none"
     may_share: ClassVar[bool] = True
 
     def rank(self, jobs):
@@ -130,6 +158,7 @@ class SJF(Policy):
     """Shortest job first by true size, non-preemptive."""
 
     name: ClassVar[str] = "sjf"
+    needs: ClassVar[str] = "none"
     uses_true_size: ClassVar[bool] = True
 
     def rank(self, jobs):
@@ -140,6 +169,7 @@ class PSJF(Policy):
     """Preemptive shortest job first by true size."""
 
     name: ClassVar[str] = "psjf"
+    needs: ClassVar[str] = "none"
     uses_true_size: ClassVar[bool] = True
 
     def rank(self, jobs):
@@ -150,6 +180,7 @@ class SRPT(Policy):
     """Shortest remaining processing time: rank x - a."""
 
     name: ClassVar[str] = "srpt"
+    needs: ClassVar[str] = "none"
     uses_true_size: ClassVar[bool] = True
 
     def rank(self, jobs):
@@ -249,11 +280,25 @@ class Aging(Policy):
         rank = self.base.rank(jobs)
         return rank._replace(primary=rank.primary - self.w * jobs.age)
 
+    @property
+    def needs(self):
+        return self.base.needs
+
+    @property
+    def changes(self):
+        return self.base.changes
+
     def slope(self):
         return self.base.slope()
 
     def shares(self):
         return self.base.shares()
+
+    def next_change(self, jobs):
+        return self.base.next_change(jobs)
+
+    def predictions(self, size, prediction):
+        return self.base.predictions(size, prediction)
 
 
 def without_aging(policy: Policy) -> Policy:
@@ -272,6 +317,7 @@ class OneBit(Policy):
     """
 
     name: ClassVar[str] = "onebit"
+    needs: ClassVar[str] = "cheap"
     threshold: jax.Array
     preemptive: jax.Array  # bool
 
@@ -287,6 +333,141 @@ class OneBit(Policy):
         tiebreak = jnp.where(short & self.preemptive, -jobs.index, jobs.index)
         locked = _started(jobs) & ~self.preemptive
         return _rank(jobs, jnp.where(short, 0.0, 1.0), locked=locked, tiebreak=tiebreak)
+
+
+def _first_class(jobs: JobView) -> jax.Array:
+    """The rank of the first class of skippredict and delaypredict: below every rank y - a of
+    their second class (|y - a| < max float), above prediction work and locked jobs (-inf)."""
+    return jnp.asarray(-jnp.finfo(jobs.attained.dtype).max, jobs.attained.dtype)
+
+
+class SkipPredict(Policy):
+    """SkipPredict: a cheap one-bit prediction for every job (short iff y < threshold); short
+    jobs are served FCFS ahead of long ones, and long jobs get the full prediction y and are
+    served SPRPT (rank y - a) among themselves. A short arrival preempts a long job in service.
+
+    The bit and the full prediction are read from the same prediction y (the bit is whether y is
+    below the threshold). threshold = 0 is sprpt; a threshold above every prediction is fcfs."""
+
+    name: ClassVar[str] = "skippredict"
+    threshold: jax.Array
+
+    def __init__(self, threshold=1.0):
+        self.threshold = jnp.asarray(threshold, dtype=float)
+
+    def __check_init__(self):
+        check_nonnegative("threshold", self.threshold)
+
+    def rank(self, jobs):
+        short = jobs.prediction < self.threshold
+        return _rank(jobs, jnp.where(short, _first_class(jobs), jobs.prediction - jobs.attained))
+
+    def slope(self):
+        return jnp.asarray(-1.0)
+
+    def predictions(self, size, prediction):
+        return (jnp.ones(jnp.shape(size), bool),
+                jnp.broadcast_to(prediction >= self.threshold, jnp.shape(size)))
+
+
+class DelayPredict(Policy):
+    """DelayPredict: every job is served FCFS, without a prediction, ahead of the jobs past the
+    limit, until it has had `limit` of service; a job still in the system then gets the full
+    prediction y and is served SPRPT (rank y - a) behind every job not yet at the limit.
+
+    predict_time is the server time of that prediction (0 unless the cost of predictions is
+    server time, see jaxq.PredictionCost): the job takes it on reaching the limit, still in the
+    first class. limit = 0 is sprpt (every job predicted at once); a limit above every size is
+    fcfs."""
+
+    name: ClassVar[str] = "delaypredict"
+    changes: ClassVar[bool] = True
+    limit: jax.Array
+    predict_time: jax.Array
+
+    def __init__(self, limit=1.0, predict_time=0.0):
+        self.limit = jnp.asarray(limit, dtype=float)
+        self.predict_time = jnp.asarray(predict_time, dtype=float)
+
+    def __check_init__(self):
+        check_nonnegative("limit", self.limit)
+        check_nonnegative("predict_time", self.predict_time)
+
+    def _end(self):
+        """The attained service at which the first class ends."""
+        return self.limit + self.predict_time
+
+    def rank(self, jobs):
+        first = jobs.attained < self._end()
+        after = jobs.prediction - (jobs.attained - self.predict_time)
+        return _rank(jobs, jnp.where(first, _first_class(jobs), after))
+
+    def slope(self):
+        return jnp.asarray(-1.0)
+
+    def next_change(self, jobs):
+        end = jnp.broadcast_to(self._end(), jobs.attained.shape)
+        return jnp.where(jobs.attained < end, end, jnp.inf)
+
+    def predictions(self, size, prediction):
+        # The full prediction is made when a job reaches the limit, so iff its size exceeds it.
+        return jnp.zeros(jnp.shape(size), bool), size > self.limit
+
+
+class PredictFirst(Policy):
+    """The server-time cost model for predictions made at arrival (jaxq.PredictionCost): each
+    job first takes `cheap` of server time for a one-bit prediction and `full` for a full one,
+    as `base` needs them, ahead of all job work (FCFS among the jobs being predicted; a job that
+    `base` has locked in service is not interrupted), and is then ranked by `base` on the service
+    it has had since. The engine gives every job a size of its work plus that prediction time."""
+
+    name: ClassVar[str] = "predict-first"
+    changes: ClassVar[bool] = True
+    base: Policy
+    cheap: jax.Array
+    full: jax.Array
+
+    def __init__(self, base: Policy, cheap=0.0, full=0.0):
+        self.base = base
+        self.cheap = jnp.asarray(cheap, dtype=float)
+        self.full = jnp.asarray(full, dtype=float)
+
+    @property
+    def uses_true_size(self):
+        return self.base.uses_true_size
+
+    @property
+    def needs(self):
+        return self.base.needs
+
+    def work(self, size, prediction) -> jax.Array:
+        """The server time of a job's predictions, shaped like `size`."""
+        cheap, full = self.base.predictions(size, prediction)
+        zero = jnp.zeros((), self.cheap.dtype)
+        return jnp.where(cheap, self.cheap, zero) + jnp.where(full, self.full, zero)
+
+    def _split(self, jobs):
+        work = self.work(jobs.size, jobs.prediction)
+        return work, jobs._replace(attained=jnp.maximum(jobs.attained - work, 0.0))
+
+    def rank(self, jobs):
+        work, after = self._split(jobs)
+        predicting = jobs.attained < work
+        rank = self.base.rank(after)
+        return Rank(jnp.where(predicting, -jnp.inf, rank.primary),
+                    jnp.where(predicting, jobs.index, rank.tiebreak),
+                    rank.locked & ~predicting)
+
+    def slope(self):
+        return self.base.slope()
+
+    def next_change(self, jobs):
+        work, after = self._split(jobs)
+        later = self.base.next_change(after) + work if self.base.changes else jnp.inf
+        return jnp.where(jobs.attained < work, work, later)
+
+    def predictions(self, size, prediction):
+        return self.base.predictions(size, prediction)
 
 
 class Linear(Policy):
@@ -408,13 +589,16 @@ class MLP(Policy):
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
     for cls in (FCFS, LAS, SJF, PSJF, SRPT, SPJF, PSPJF, SPRPT, SPRPTLimited, OneBit, Linear,
-                MLP)
+                MLP, SkipPredict, DelayPredict)
 }
 # Policies that need request features: the LLM engine accepts these too.
 # The MLP rank is the queue engine's for now: its default basis is laid out for sizes near 1, not
 # for output lengths in tokens.
-LLM_POLICIES: dict[str, type[Policy]] = {**{n: c for n, c in POLICIES.items() if c is not MLP},
-                                         SJFPrompt.name: SJFPrompt}
+# So are skippredict and delaypredict, which are about the cost of predictions in the queue.
+LLM_POLICIES: dict[str, type[Policy]] = {
+    **{n: c for n, c in POLICIES.items() if c not in (MLP, SkipPredict, DelayPredict)},
+    SJFPrompt.name: SJFPrompt}
 
 __all__ = ["Policy", "JobView", "Rank", "POLICIES", "LLM_POLICIES", "Aging", "SJFPrompt",
+           "PredictFirst",
            *[c.__name__ for c in POLICIES.values()]]

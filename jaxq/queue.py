@@ -287,7 +287,12 @@ def _shared_servers(policy: Policy, p: _Inner, primary, tiebreak, servers, most:
 
 
 class Service(NamedTuple):
-    """Who is served and when the next internal event comes: (B,) fields unless marked."""
+    """Who is served and when the next internal event comes: (B,) fields unless marked.
+
+    A "merge" is any internal event that changes who is served without a departure: groups
+    meeting under a sharing policy, or a served job reaching a level of attained service where
+    its rank jumps (Policy.changes; such policies never share). The loop stops there and
+    chooses again."""
 
     served: jax.Array  # (K, B) bool, the jobs in service
     leaving: jax.Array  # (K, B) bool, one-hot: the served job that finishes first
@@ -295,7 +300,7 @@ class Service(NamedTuple):
     served_group: jax.Array  # int32 label of the group served (sharing policies)
     next_group: jax.Array  # int32 label of the group a merge joins
     dt_done: jax.Array  # time to the next departure (inf if no job)
-    dt_merge: jax.Array  # time to the next merge of groups (inf if none)
+    dt_merge: jax.Array  # time to the next merge of groups or rank jump (inf if none)
     leave_size: jax.Array  # the leaving job's size,
     leave_age: jax.Array  # its time in system now,
     leave_index: jax.Array  # int32 and its arrival index
@@ -309,7 +314,11 @@ def next_service(policy: Policy, p, anyone, servers, most: int) -> Service:
     the central queue, at most `most` (static; 1: one server, which never reads `servers`)."""
     dtype = p.size.dtype
     inf = jnp.full(anyone.shape, jnp.inf, dtype)
-    rank = policy.rank(JobView(p.size, p.prediction, p.attained, p.age, p.index))
+    if policy.changes and policy.may_share:
+        raise ValueError(f"policy {policy.name!r} both shares the server and has rank jumps, "
+                         f"which the engine does not combine")
+    view = JobView(p.size, p.prediction, p.attained, p.age, p.index)
+    rank = policy.rank(view)
     primary = jnp.where(rank.locked, -jnp.inf, rank.primary)
     remaining = p.size - p.attained
 
@@ -350,14 +359,23 @@ def next_service(policy: Policy, p, anyone, servers, most: int) -> Service:
         leave_size, leave_age, leave_index = _pick_fields(leaving, [p.size, p.age], [p.index])
         dt_done = jnp.where(anyone, least, inf)
         dt_merge = inf
+        if policy.changes:  # the first served job to reach a level where its rank jumps
+            to_change = policy.next_change(view) - p.attained
+            dt_merge = jnp.min(jnp.where(served, to_change, jnp.inf), axis=0)
     else:  # one job at a time and nothing to catch up with: the cheap path for most policies
         served_group = next_group = jnp.zeros(anyone.shape, jnp.int32)
         served = leaving = best
         rate = jnp.ones(anyone.shape, dtype)
-        leave_size, leave_age, least, leave_index = _pick_fields(
-            best, [p.size, p.age, remaining], [p.index])
+        if policy.changes:  # the served job's rank jumps when its attained service reaches a level
+            leave_size, leave_age, least, to_change, leave_index = _pick_fields(
+                best, [p.size, p.age, remaining, policy.next_change(view) - p.attained],
+                [p.index])
+            dt_merge = jnp.where(anyone, to_change, inf)
+        else:
+            leave_size, leave_age, least, leave_index = _pick_fields(
+                best, [p.size, p.age, remaining], [p.index])
+            dt_merge = inf
         dt_done = jnp.where(anyone, least, inf)
-        dt_merge = inf
     return Service(served=served, leaving=leaving, rate=rate, served_group=served_group,
                     next_group=next_group, dt_done=dt_done, dt_merge=dt_merge,
                     leave_size=leave_size, leave_age=leave_age, leave_index=leave_index,

@@ -23,6 +23,7 @@ import numpy as np
 from jaxq._checks import check_choice, check_count, check_range
 from jaxq.metrics import histogram_quantiles, quantile_resolution
 from jaxq import dispatch as dispatching
+from jaxq.prediction_cost import PredictionCost
 from jaxq.queue import Chunk, EngineSpec, QueueState, init_state, run_chunk
 from jaxq.system import System, flatten
 
@@ -55,6 +56,10 @@ class Result:
     max_in_system: np.ndarray  # S, the most jobs in system seen in any replica
     unfinished: np.ndarray  # S, measured jobs still in system when the run was stopped
     replica_mean_response_time: np.ndarray  # S + (R,)
+    mean_prediction_cost: np.ndarray  # S, mean cost of the predictions made for a measured job
+    #                                   (0 without a jaxq.PredictionCost; server time: their time)
+    cost: np.ndarray  # S, the objective: mean response time + mean_prediction_cost (external),
+    #                   mean response time alone (server time: the predictions are inside it)
     quantile_resolution: float  # relative resolution of p50/p90/p99
     seconds: float  # wall time, compilation included
     chunks: int  # chunks run
@@ -116,8 +121,12 @@ def simulate(system: System, *, jobs: int, replicas: int = 8, warmup: int | None
         if done_chunks >= needed and bool(jnp.all(state.finished >= jobs)):
             break
     state = jax.tree_util.tree_map(lambda x: x[:batch], state)
+    prediction_cost = np.zeros((batch,))
+    if system.prediction_cost is not None:
+        totals = np.asarray(_measured_prediction_cost(spec, flat, keys[:batch]), np.float64)
+        prediction_cost = totals.sum(1) / (jobs * replicas)
     result = _summarise(spec, flat, state, shape, replicas, time.perf_counter() - start,
-                        done_chunks)
+                        done_chunks, prediction_cost)
     _report_problems(result, capacity, on_overflow)
     return result
 
@@ -184,9 +193,9 @@ def _replica_keys(key, seeds, replicas) -> jax.Array:
         jnp.arange(replicas)))(per_seed)
 
 
-def sample_chunk(system: System, key: jax.Array, chunk_index, size: int) -> Chunk:
-    """C arrivals for one (configuration, replica); each stream has its own key, so two
-    policies with the same seed see the same jobs."""
+def sample_jobs(system: System, key: jax.Array, chunk_index, size: int) -> Chunk:
+    """C arrivals for one (configuration, replica), with their true sizes; each stream has its
+    own key, so two policies with the same seed see the same jobs."""
     sizes = system.service.sample(_stream(key, _STREAM_SIZES, chunk_index), (size,))
     return Chunk(
         gap=system.arrivals.gaps(_stream(key, _STREAM_ARRIVALS, chunk_index), (size,),
@@ -194,6 +203,33 @@ def sample_chunk(system: System, key: jax.Array, chunk_index, size: int) -> Chun
         size=sizes,
         prediction=system.predictor.predict(_stream(key, _STREAM_PREDICTIONS, chunk_index), sizes),
     )
+
+
+def sample_chunk(system: System, key: jax.Array, chunk_index, size: int) -> Chunk:
+    """The chunk the engine runs: sample_jobs with each size replaced by the job's work on the
+    server (its size, plus its prediction time when predictions cost server time)."""
+    jobs = sample_jobs(system, key, chunk_index, size)
+    return jobs._replace(size=system.work(jobs.size, jobs.prediction))
+
+
+@partial(jax.jit, static_argnums=0)
+def _measured_prediction_cost(spec: EngineSpec, system: System, keys: jax.Array) -> jax.Array:
+    """(batch, R): the total prediction cost of each replica's measured jobs (W .. W+N-1),
+    from the same samples the engine ran. A job's cost depends on its size and prediction
+    only (Policy.predictions), so it is summed here rather than inside the engine."""
+    chunks = -(-(spec.warmup + spec.jobs) // spec.chunk)
+    index = jnp.arange(spec.chunk)
+
+    def replica(system, key):
+        def add(i, total):
+            jobs = sample_jobs(system, key, i, spec.chunk)
+            j = i * spec.chunk + index
+            measured = (j >= spec.warmup) & (j < spec.warmup + spec.jobs)
+            cost = system.prediction_cost.per_job(system.policy, jobs.size, jobs.prediction)
+            return total + jnp.sum(jnp.where(measured, cost, 0.0))
+        return jax.lax.fori_loop(0, chunks, add, jnp.zeros((), float))
+
+    return jax.vmap(lambda s, k: jax.vmap(lambda kr: replica(s, kr))(k))(system, keys)
 
 
 def _stream(key, stream: int, chunk_index) -> jax.Array:
@@ -223,7 +259,7 @@ def _advance(spec: EngineSpec, mesh: jax.sharding.Mesh | None, system: System, k
                     keys, per_replica.servers)
             chunk = dispatching.DispatchChunk(*chunk, picks)
         _, run = _engine(spec)
-        state = run(spec, per_replica.policy, mean_size, chunk,
+        state = run(spec, per_replica.engine_policy(), mean_size, chunk,
                     jax.tree_util.tree_map(flat, state), per_replica.servers)
         return jax.tree_util.tree_map(
             lambda a: jnp.reshape(a, (batch, replicas) + a.shape[1:]), state)
@@ -235,7 +271,8 @@ def _advance(spec: EngineSpec, mesh: jax.sharding.Mesh | None, system: System, k
         system, keys, state)
 
 
-def _summarise(spec, system, state, shape, replicas, seconds, chunks) -> Result:
+def _summarise(spec, system, state, shape, replicas, seconds, chunks,
+               prediction_cost) -> Result:
     m = jax.tree_util.tree_map(np.asarray, state.metrics)
     f64 = lambda k: np.asarray(k.total, np.float64) - np.asarray(k.carry, np.float64)  # noqa: E731
     count = m.count.astype(np.float64)  # (batch, R)
@@ -253,6 +290,8 @@ def _summarise(spec, system, state, shape, replicas, seconds, chunks) -> Result:
     mean_size = np.asarray(system.service.mean(), np.float64)
     qs = histogram_quantiles(m.histogram.sum(1), QUANTILES, mean_size)
     unfinished = spec.jobs - np.asarray(state.finished)
+    cost = mean if system.prediction_cost is None else np.asarray(
+        system.prediction_cost.objective(mean, prediction_cost), np.float64)
 
     def s(a):
         return np.reshape(a, shape + np.shape(a)[1:])
@@ -268,6 +307,7 @@ def _summarise(spec, system, state, shape, replicas, seconds, chunks) -> Result:
         max_in_system=s(np.asarray(state.max_in_system).max(1)),
         unfinished=s(unfinished.sum(1)),
         replica_mean_response_time=s(per_replica),
+        mean_prediction_cost=s(prediction_cost), cost=s(np.broadcast_to(cost, mean.shape)),
         quantile_resolution=quantile_resolution(spec.histogram_bins),
         seconds=seconds, chunks=chunks)
 
@@ -292,15 +332,16 @@ def _report_problems(result: Result, capacity: int, on_overflow: str):
 
 
 def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | None = None,
-          servers: int = 1):
+          servers: int = 1, prediction_cost: PredictionCost | None = None):
     """Run the engine on a given list of jobs and return each job's departure time.
 
     The exact engine on a finite trace (no further arrivals after the last one; the system drains),
     for checking against hand-computed instances and a reference implementation. Arrival times
     must be non-decreasing; predictions default to the true sizes; `servers` serve one central
-    queue.
+    queue; under a server-time prediction_cost the predictions take server time.
     """
     arrival_times, chunk = _trace_jobs(arrival_times, sizes, predictions)
+    policy, chunk = _with_cost(policy, chunk, prediction_cost)
     check_count("servers", servers, 1)
     n = arrival_times.shape[0]
     spec = EngineSpec(capacity=capacity or n, chunk=n, warmup=0, jobs=n, finite_horizon=True,
@@ -314,13 +355,14 @@ def trace(policy, arrival_times, sizes, predictions=None, *, capacity: int | Non
 
 def trace_dispatch(policy, servers: int, dispatch: dispatching.Dispatch, arrival_times, sizes,
                    predictions=None, *, picks=None, key: int = 0,
-                   capacity: int | None = None):
+                   capacity: int | None = None, prediction_cost: PredictionCost | None = None):
     """Like `trace`, for `servers` servers with queues of their own behind `dispatch`: returns
     (each job's departure time, the server it was sent to).
 
     picks: (jobs, dispatch.sampled) the servers each job samples, to replay given draws; by
     default they are drawn from `key`."""
     arrival_times, chunk = _trace_jobs(arrival_times, sizes, predictions)
+    policy, chunk = _with_cost(policy, chunk, prediction_cost)
     check_count("servers", servers, 1)
     if not isinstance(dispatch, dispatching.Dispatch):
         raise TypeError(f"dispatch must be a jaxq.Dispatch, got {type(dispatch).__name__}")
@@ -358,6 +400,17 @@ def _trace_jobs(arrival_times, sizes, predictions) -> tuple[np.ndarray, Chunk]:
     gaps = np.diff(arrival_times, prepend=0.0)
     return arrival_times, Chunk(jnp.asarray(gaps, float), jnp.asarray(sizes, float),
                                 jnp.asarray(predictions, float))
+
+
+def _with_cost(policy, chunk: Chunk, prediction_cost) -> tuple:
+    """(the policy the engine runs, the chunk with each job's work) for a trace."""
+    if prediction_cost is None:
+        return policy, chunk
+    if not isinstance(prediction_cost, PredictionCost):
+        raise TypeError(f"prediction_cost must be a jaxq.PredictionCost or None, got "
+                        f"{type(prediction_cost).__name__}")
+    work = prediction_cost.work(policy, chunk.size, chunk.prediction)
+    return prediction_cost.engine_policy(policy), chunk._replace(size=work)
 
 
 @partial(jax.jit, static_argnums=0)

@@ -18,6 +18,7 @@ from jaxq.arrivals import Arrivals, Poisson
 from jaxq.dispatch import Dispatch
 from jaxq.distributions import Distribution, Exponential
 from jaxq.policies import FCFS, Policy
+from jaxq.prediction_cost import PredictionCost
 from jaxq.predictors import Perfect, Predictor
 
 
@@ -31,11 +32,13 @@ class System(eqx.Module):
     servers: jax.Array  # () or (batch,) int >= 1: servers fed by one central queue, or by
     #                     the dispatcher if there is one
     dispatch: Dispatch | None  # None: one central queue; else each server has its own queue
+    prediction_cost: PredictionCost | None  # None: predictions are free
 
     def __init__(self, load, service: Distribution | None = None,
                  predictor: Predictor | None = None, policy: Policy | None = None,
                  arrivals: Arrivals | None = None, seed=0, servers=1,
-                 dispatch: Dispatch | None = None):
+                 dispatch: Dispatch | None = None,
+                 prediction_cost: PredictionCost | None = None):
         self.load = jnp.asarray(load, dtype=float)
         self.service = Exponential() if service is None else service
         self.predictor = Perfect() if predictor is None else predictor
@@ -47,6 +50,10 @@ class System(eqx.Module):
             raise TypeError(f"dispatch must be a jaxq.Dispatch or None, got "
                             f"{type(dispatch).__name__}")
         self.dispatch = dispatch
+        if prediction_cost is not None and not isinstance(prediction_cost, PredictionCost):
+            raise TypeError(f"prediction_cost must be a jaxq.PredictionCost or None, got "
+                            f"{type(prediction_cost).__name__}")
+        self.prediction_cost = prediction_cost
 
     def __check_init__(self):
         check_range("load", self.load, low=0.0, low_open=True, high=np.inf)
@@ -54,6 +61,19 @@ class System(eqx.Module):
     def rate(self) -> jax.Array:
         """Arrival rate lambda = servers * load / E[S]: `load` is the load per server."""
         return self.servers * self.load / self.service.mean()
+
+    def engine_policy(self) -> Policy:
+        """The policy the engine runs: under server-time prediction costs it also schedules the
+        predictions (jaxq.prediction_cost)."""
+        if self.prediction_cost is None:
+            return self.policy
+        return self.prediction_cost.engine_policy(self.policy)
+
+    def work(self, size, prediction) -> jax.Array:
+        """Each job's work on a server: its size, plus its predictions under server time."""
+        if self.prediction_cost is None:
+            return size
+        return self.prediction_cost.work(self.policy, size, prediction)
 
     @property
     def batch_shape(self) -> tuple[int, ...]:

@@ -75,7 +75,8 @@ from jaxq import erlang
 from jaxq import policies as _pol
 from jaxq import predictors as _pred
 
-__all__ = ["mean_response_time", "response_time", "optimal_onebit_threshold", "supports"]
+__all__ = ["mean_response_time", "response_time", "optimal_onebit_threshold", "supports",
+           "mean_prediction_cost", "mean_cost"]
 
 _LOG_TINY = math.log(1e-16)  # lower tail cut: probability mass below it is ~1e-16
 _GL_N = 8  # Gauss-Legendre nodes per panel
@@ -735,6 +736,19 @@ def _spec(policy):
         if not 0.0 <= c <= 1.0:
             raise ValueError(f"c must lie in [0, 1], got {c:g}")
         return _Spec("sprpt", c=c)
+    if isinstance(policy, _pol.SkipPredict):
+        tau = _scalar("threshold", policy.threshold)
+        if not tau >= 0.0:
+            raise ValueError(f"threshold must be >= 0, got {tau:g}")
+        return _Spec("skippredict", threshold=tau)
+    if isinstance(policy, _pol.DelayPredict):
+        limit = _scalar("limit", policy.limit)
+        if not limit >= 0.0:
+            raise ValueError(f"limit must be >= 0, got {limit:g}")
+        if _scalar("predict_time", policy.predict_time) != 0.0:
+            raise ValueError("delaypredict with server-time predictions has no exact theory; "
+                             "use the simulator")
+        return _Spec("delaypredict", threshold=limit)
     if isinstance(policy, _pol.OneBit):
         tau = _scalar("threshold", policy.threshold)
         if not tau >= 0.0:
@@ -1327,6 +1341,10 @@ def mean_response_time(policy, service, predictor, load, servers: int = 1,
             out = _onebit_mean(m, p_s, rho_s, spec.preemptive)
         elif spec.kind == "las":
             out = _perfect_mean_las(m)
+        elif spec.kind == "skippredict":
+            out = _cost_theory().skippredict_mean(m, spec.threshold)
+        elif spec.kind == "delaypredict":
+            out = _cost_theory().delaypredict_mean(m, spec.threshold)
         elif spec.oracle or m.mult is None:
             out = _perfect_mean(m, spec)
         else:
@@ -1335,6 +1353,39 @@ def mean_response_time(policy, service, predictor, load, servers: int = 1,
     if not math.isfinite(out):
         raise FloatingPointError("mean response time evaluated to a non-finite number")
     return out
+
+
+def _cost_theory():
+    from jaxq import theory_prediction_cost  # it builds on this module's quadrature
+    return theory_prediction_cost
+
+
+def mean_prediction_cost(policy, service, predictor, cost) -> float:
+    """The mean prediction cost per job, cost.cheap P(one-bit prediction) + cost.full P(full
+    prediction), under `policy` (jaxq.PredictionCost: which predictions a job gets is the
+    policy's). skippredict's full predictions go to the jobs with Y >= threshold, delaypredict's
+    to those with X > limit."""
+    spec = _spec(policy)
+    cheap, full = _scalar("cheap", cost.cheap), _scalar("full", cost.full)
+    needs = policy.needs
+    if spec.kind == "skippredict":
+        m = _Model(service, predictor, 0.5)  # the load does not enter P(Y >= threshold)
+        p_short, _ = _short(m, spec.threshold)
+        return cheap + full * (1.0 - p_short)
+    if spec.kind == "delaypredict":
+        law = _size_law(service)
+        return full * float(law.upper(0, spec.threshold))
+    return {"none": 0.0, "cheap": cheap, "full": full}[needs]
+
+
+def mean_cost(policy, service, predictor, load, cost) -> float:
+    """The objective of the external cost model: E[T] + the mean prediction cost per job.
+    (Under server time predictions change the queue itself; no exact theory here.)"""
+    if cost.model != "external":
+        raise ValueError(f"exact theory of the cost covers the external cost model only, got "
+                         f"model {cost.model!r}; use the simulator")
+    return (mean_response_time(policy, service, predictor, load)
+            + mean_prediction_cost(policy, service, predictor, cost))
 
 
 def _multi_server_mean(policy, service, load, servers) -> float:
@@ -1363,6 +1414,8 @@ def response_time(policy, service, predictor, load, x, y) -> np.ndarray:
     With a perfect predictor, and for the oracle policies sjf, psjf and srpt, y is ignored
     (y = x)."""
     spec = _spec(policy)
+    if spec.kind in ("skippredict", "delaypredict"):
+        raise ValueError(f"response_time does not cover {spec.kind}; mean_response_time does")
     m = _Model(service, predictor, load)
     x, y = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
     if np.any(x < 0) or np.any(np.isnan(x)):

@@ -131,4 +131,18 @@ GOLDEN = [
     # 4-5 job0 (sprpt: job0 at 4, job1 at 5).
     ("mlp", {"weights": (0.0, 0.0, 0.0, math.log(2.0))}, [0, 3], [4, 1], [4, 1.5], [5, 4]),
     ("sprpt", {}, [0, 3], [4, 1], [4, 1.5], [4, 5]),
+
+    # skippredict, threshold 1: job0 (y = 2.5) and job3 (y = 3) long, job1 and job2 short.
+    # 0-0.5 job0; t=0.5 job1 (short) preempts it (a0 = 0.5): 0.5-0.75 job1; 0.75-1 job0
+    # (a0 = 0.75); t=1 job2 (short) preempts: 1-2.5 job2 (job3 arrives at 1.25, long, waits);
+    # long jobs by y - a: job0 2.5 - 0.75 = 1.75 < job3 3: 2.5-3.75 job0, 3.75-4 job3.
+    ("skippredict", {"threshold": 1.0}, [0, 0.5, 1, 1.25], [2, 0.25, 1.5, 0.25],
+     [2.5, 0.25, 0.5, 3], [3.75, 0.75, 2.5, 4]),
+    # delaypredict, limit 0.5, same jobs: 0-0.5 job0 reaches the limit as job1 arrives, so it
+    # drops behind: 0.5-0.75 job1; 0.75-1 job0 (a0 = 0.75, rank 2.5 - 0.75 = 1.75); t=1 job2
+    # (before its limit) preempts: 1-1.5 job2 reaches the limit (rank 0.5 - 0.5 = 0); job3,
+    # waiting since 1.25 and before its limit, goes first: 1.5-1.75 job3; then job2 (rank 0)
+    # before job0 (1.75): 1.75-2.75 job2, 2.75-4 job0.
+    ("delaypredict", {"limit": 0.5}, [0, 0.5, 1, 1.25], [2, 0.25, 1.5, 0.25],
+     [2.5, 0.25, 0.5, 3], [4, 0.75, 2.75, 1.75]),
 ]

@@ -21,6 +21,14 @@ rules of the servers are:
 4. Otherwise the k jobs with the lexicographically smallest (primary, tiebreak) are served (all
    of them if there are fewer), each at rate 1.
 
+Ranks are compared by (level, primary, tiebreak). The level is the same for every job of most
+policies; skippredict's short jobs and delaypredict's jobs before the limit have a better one,
+and so does prediction work under the server-time cost model (`prediction_time`): a job's
+predictions are work of their own, done when it arrives, ahead of all job work (FCFS among
+them; a locked job is not interrupted), except delaypredict's full prediction, done when the
+job reaches the limit. The levels of attained service where a rank jumps (the end of a job's
+prediction work, delaypredict's limit) are events too.
+
 Between events nothing changes who is served: with slope <= 0 a served job only gets better
 relative to the waiting ones, the age term grows at the same rate for everyone, and with slope > 0
 the merge events are exactly the moments a waiting job's primary meets the group's. So the loop is:
@@ -58,7 +66,7 @@ import math
 from typing import NamedTuple
 
 POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
-                "onebit", "linear", "mlp")
+                "onebit", "linear", "mlp", "skippredict", "delaypredict")
 
 # Parameter names and defaults, the same as the constructors in jaxq/policies.py.
 DEFAULT_PARAMS = {
@@ -67,6 +75,8 @@ DEFAULT_PARAMS = {
     "linear": {"w_prediction": 0.0, "w_remaining": 1.0, "w_attained": 0.0, "w_age": 0.0,
                "preemptive": True},
     "mlp": {"weights": (1.0, 0.0, 0.0, 0.0)},  # one unit, v = c = 0: sprpt
+    "skippredict": {"threshold": 1.0},
+    "delaypredict": {"limit": 1.0},
 }
 
 
@@ -81,6 +91,9 @@ class Rank(NamedTuple):
     primary: Fraction
     tiebreak: int
     locked: bool
+    # Compared before the primary: 0 for prediction work (server-time costs), 1 for the first
+    # class of skippredict (short jobs) and delaypredict (before the limit), 2 for the rest.
+    level: int = 2
 
 
 class _Policy:
@@ -100,10 +113,14 @@ class _Policy:
             self.c = _exact("c", p["c"])
             if not 0 <= self.c <= 1:
                 raise ValueError(f"c must lie in [0, 1], got {float(self.c)}")
-        if name == "onebit":
+        if name in ("onebit", "skippredict"):
             self.threshold = _exact("threshold", p["threshold"])
             if self.threshold < 0:
                 raise ValueError(f"threshold must be >= 0, got {float(self.threshold)}")
+        if name == "delaypredict":
+            self.limit = _exact("limit", p["limit"])
+            if self.limit < 0:
+                raise ValueError(f"limit must be >= 0, got {float(self.limit)}")
         if name == "linear":
             self.w_prediction = _exact("w_prediction", p["w_prediction"])
             self.w_remaining = _exact("w_remaining", p["w_remaining"])
@@ -114,8 +131,24 @@ class _Policy:
             if len(self.weights) < 4 or len(self.weights) % 3 != 1:
                 raise ValueError(f"weights must hold 3H + 1 >= 4 numbers, got {len(self.weights)}")
 
-    def rank(self, x: Fraction, y: Fraction, a: Fraction, age: Fraction, index: int) -> Rank:
-        """The rank of one job: a line-by-line copy of the `rank` methods in jaxq/policies.py."""
+    def predictions(self, x: Fraction, y: Fraction) -> tuple[bool, bool]:
+        """(cheap, full): whether a job gets a one-bit prediction and a full one (the cost of
+        predictions: jaxq/prediction_cost.py)."""
+        name = self.name
+        if name in ("fcfs", "las", "sjf", "psjf", "srpt"):
+            return False, False
+        if name == "onebit":
+            return True, False
+        if name == "skippredict":
+            return True, y >= self.threshold
+        if name == "delaypredict":
+            return False, x > self.limit
+        return False, True
+
+    def rank(self, x: Fraction, y: Fraction, a: Fraction, age: Fraction, index: int,
+             predict_time: Fraction = Fraction(0)) -> Rank:
+        """The rank of one job: a line-by-line copy of the `rank` methods in jaxq/policies.py.
+        predict_time: delaypredict's prediction time at the limit (server-time costs)."""
         started = a > 0
         name = self.name
         if name == "fcfs":
@@ -147,6 +180,14 @@ class _Policy:
             return Rank(primary, index, started and not self.preemptive)
         if name == "mlp":
             return Rank(self.static_rank(y) - a, index, False)
+        if name == "skippredict":
+            if y < self.threshold:
+                return Rank(Fraction(0), index, False, level=1)
+            return Rank(y - a, index, False)
+        if name == "delaypredict":
+            if a < self.limit + predict_time:
+                return Rank(Fraction(0), index, False, level=1)
+            return Rank(y - (a - predict_time), index, False)
         raise AssertionError(name)
 
     def static_rank(self, y: Fraction) -> Fraction:
@@ -167,7 +208,7 @@ class _Policy:
         """d(primary)/d(attained) for an unlocked job, as in jaxq/policies.py."""
         if self.name == "las":
             return Fraction(1)
-        if self.name in ("srpt", "sprpt", "sprpt-limited", "mlp"):
+        if self.name in ("srpt", "sprpt", "sprpt-limited", "mlp", "skippredict", "delaypredict"):
             return Fraction(-1)
         if self.name == "linear":
             return self.w_attained - self.w_remaining
@@ -196,10 +237,11 @@ def service(pol: _Policy, ranks: dict[int, Rank], remaining: dict[int, Fraction]
     rest = [i for i in present if not ranks[i].locked]
     groups: list[list[int]] = []  # the unlocked jobs by rank, jobs of one group together
     if shares:
-        for value in sorted({ranks[i].primary for i in rest}):
-            groups.append([i for i in rest if ranks[i].primary == value])
+        for value in sorted({(ranks[i].level, ranks[i].primary) for i in rest}):
+            groups.append([i for i in rest if (ranks[i].level, ranks[i].primary) == value])
     else:
-        groups = [[i] for i in sorted(rest, key=lambda i: (ranks[i].primary, ranks[i].tiebreak))]
+        groups = [[i] for i in sorted(rest, key=lambda i: (ranks[i].level, ranks[i].primary,
+                                                            ranks[i].tiebreak))]
     group_rate = []
     for group in groups:
         share = min(len(group), free)
@@ -239,13 +281,27 @@ def exact_jobs(policy: str, arrival_times, sizes, predictions):
 
 
 def departures_exact(policy: str, arrival_times, sizes, predictions, servers: int = 1,
-                     **params) -> list[Fraction]:
+                     prediction_time=None, **params) -> list[Fraction]:
     """Like `departures`, but returns the exact departure times as Fractions."""
     if not isinstance(servers, int) or servers < 1:
         raise ValueError(f"servers must be an integer >= 1, got {servers!r}")
     pol = _Policy(policy, params)
     arrival, size, pred = exact_jobs(policy, arrival_times, sizes, predictions)
     n = len(arrival)
+    # Server-time prediction costs: each job's prediction work, done when it arrives (`before`)
+    # or, for delaypredict, when it reaches the limit (`at_limit`).
+    before = [Fraction(0)] * n
+    at_limit = Fraction(0)
+    if prediction_time is not None:
+        cheap_time, full_time = (_exact("prediction time", v) for v in prediction_time)
+        if policy == "delaypredict":
+            at_limit = full_time
+        else:
+            for i in range(n):
+                cheap, full = pol.predictions(size[i], pred[i])
+                before[i] = cheap_time * cheap + full_time * full
+    work = [size[i] + before[i] + (at_limit if policy == "delaypredict"
+                                   and size[i] > pol.limit else 0) for i in range(n)]
 
     attained = [Fraction(0)] * n
     departure: list[Fraction | None] = [None] * n
@@ -254,7 +310,16 @@ def departures_exact(policy: str, arrival_times, sizes, predictions, servers: in
     t = Fraction(0)
 
     def rank(i: int) -> Rank:
-        return pol.rank(size[i], pred[i], attained[i], t - arrival[i], i)
+        if attained[i] < before[i]:  # its predictions, ahead of all job work
+            return Rank(Fraction(0), i, False, level=0)
+        return pol.rank(size[i], pred[i], attained[i] - before[i], t - arrival[i], i, at_limit)
+
+    def jumps(i: int) -> list[Fraction]:
+        """The attained service levels ahead at which job i's rank jumps."""
+        levels = [before[i]]
+        if policy == "delaypredict":
+            levels.append(before[i] + pol.limit + at_limit)
+        return [v for v in levels if v > attained[i]]
 
     while True:
         # Admit the jobs arriving now (or, when idle, jump to the next arrival: work conservation).
@@ -265,7 +330,7 @@ def departures_exact(policy: str, arrival_times, sizes, predictions, servers: in
             next_arrival += 1
         # Departures: every job whose remaining work is 0 leaves now.
         for i in present:
-            if attained[i] == size[i]:
+            if attained[i] == work[i]:
                 departure[i] = t
         present = [i for i in present if departure[i] is None]
         if not present:
@@ -274,8 +339,9 @@ def departures_exact(policy: str, arrival_times, sizes, predictions, servers: in
             continue
 
         rate, internal = service(pol, {i: rank(i) for i in present},
-                                 {i: size[i] - attained[i] for i in present}, servers)
+                                 {i: work[i] - attained[i] for i in present}, servers)
         candidates = [internal]
+        candidates += [(v - attained[i]) / rate[i] for i in rate if rate[i] for v in jumps(i)]
         if next_arrival < n:
             candidates.append(arrival[next_arrival] - t)
         dt = min(candidates)
@@ -285,23 +351,27 @@ def departures_exact(policy: str, arrival_times, sizes, predictions, servers: in
         # Advance: served jobs get rate * dt of service each; everyone ages by dt (through t).
         for i in served:
             attained[i] += rate[i] * dt
-            assert attained[i] <= size[i]
+            assert attained[i] <= work[i]
         t += dt
 
     return departure  # type: ignore[return-value]
 
 
 def departures(policy: str, arrival_times, sizes, predictions, servers: int = 1,
-               **params) -> list[float]:
+               prediction_time=None, **params) -> list[float]:
     """Departure time of each job, in input order, with `servers` servers and one central queue.
 
     policy: one of POLICY_NAMES. params: c (sprpt-limited); threshold, preemptive (onebit);
-    w_prediction, w_remaining, w_attained, w_age, preemptive (linear); defaults as in
-    jaxq/policies.py. arrival_times must be non-decreasing; job i's arrival index is i. After the
-    last given arrival no more jobs come and the system drains.
+    w_prediction, w_remaining, w_attained, w_age, preemptive (linear); threshold (skippredict);
+    limit (delaypredict); defaults as in jaxq/policies.py. prediction_time: None, or (cheap, full)
+    server time of a one-bit and a full prediction (the server-time cost model): the
+    predictions a job needs (_Policy.predictions) are work done when it arrives, ahead of all
+    job work, except delaypredict's, done when the job reaches the limit. arrival_times must be
+    non-decreasing; job i's arrival index is i. After the last given arrival no more jobs come
+    and the system drains.
     """
     return [float(d) for d in departures_exact(policy, arrival_times, sizes, predictions,
-                                               servers, **params)]
+                                               servers, prediction_time, **params)]
 
 
 __all__ = ["departures", "departures_exact", "POLICY_NAMES", "DEFAULT_PARAMS"]

@@ -158,6 +158,10 @@ ALL_CONFIGS = [
     ("mlp", {"weights": (1.0, 0.0, 0.0, 0.0)}),  # v = c = 0: sprpt
     # h(y) = y exp(m(log y)) with three units: non-monotone in places, so it reorders jobs
     ("mlp", {"weights": (0.8, -0.3, 1.2, 0.5, 0.2, -0.1, -0.7, 0.4, 0.6, 0.1)}),
+    ("skippredict", {"threshold": 1.0}),
+    ("skippredict", {"threshold": 0.5}),
+    ("delaypredict", {"limit": 0.5}),  # a rank jump at the limit: an internal event
+    ("delaypredict", {"limit": 1.5}),
 ]
 
 # On lattice instances only parameters that keep float arithmetic exact (dyadic weights and c),

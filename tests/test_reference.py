@@ -81,6 +81,8 @@ CONFIGS = [
     ("linear", {"w_prediction": 0.3, "w_remaining": 0.7, "w_attained": 1.9, "w_age": -0.1}),
     ("linear", {"w_prediction": 1.0, "w_remaining": 1.0, "w_attained": 1.0}),  # slope 0
     ("linear", {"w_prediction": 0.5, "w_remaining": 1.0, "w_attained": 2.0, "preemptive": False}),
+    ("skippredict", {"threshold": 1.0}),
+    ("delaypredict", {"limit": 0.5}),
 ]
 
 NON_PREEMPTIVE = [c for c in CONFIGS

@@ -54,7 +54,8 @@ RESOLVED = ("kv_capacity", "host_capacity", "iter_base", "iter_per_prefill_token
 # The options that jaxq.cli.build_model reads: all an exact mean response time depends on.
 THEORY_OPTIONS = ("policy", "predictor", "service", "load", "alpha", "sigma", "threshold",
                   "preemptive", "c", "weights", "shape", "cv", "mean", "low", "high", "samples",
-                  "arrival_cv", "servers", "dispatch", "d")
+                  "arrival_cv", "servers", "dispatch", "d", "limit", "prediction_cost",
+                  "cheap_cost", "cost_model")
 
 _KEYS = {"lines": ("kind", "x", "y", "by", "where", "theory", "optimum", "logy", "title", "name"),
          "heatmap": ("kind", "x", "y", "z", "where", "logz", "title", "name"),
@@ -333,34 +334,48 @@ def series(rows: list[dict], x: str, y: str, by: list[str] = ()) -> list[Series]
     return out
 
 
-def theory_curve(rows: list[dict], x: str) -> tuple[list, np.ndarray] | None:
-    """(the distinct x values, the exact mean response time at each: the mean over that x's rows)
-    for the rows of one queue-engine line; a point is NaN where theory has no formula for its
-    configuration (a non-Poisson arrival process, the linear policy, load >= 1, ...), and the
-    curve None where no point has one."""
+def theory_curve(rows: list[dict], x: str, y: str = "mean_response_time"
+                 ) -> tuple[list, np.ndarray] | None:
+    """(the distinct x values, the exact value of y, mean_response_time or cost, at each: the
+    mean over that x's rows) for the rows of one queue-engine line; a point is NaN where theory
+    has no formula for its configuration (a non-Poisson arrival process, the linear policy, load
+    >= 1, server-time prediction costs, ...), and the curve None where no point has one."""
+    if y not in ("mean_response_time", "cost"):
+        return None
     at = _by_x([r for r in rows if r[x] is not None], x)
-    values = np.array([_mean(_exact(tuple(r.get(k) for k in THEORY_OPTIONS)) for r in at[v])
+    values = np.array([_mean(_exact(tuple(r.get(k) for k in THEORY_OPTIONS), y) for r in at[v])
                        for v in at])
     return (list(at), values) if np.isfinite(values).any() else None
 
 
 @functools.lru_cache(maxsize=4096)
-def _exact(options: tuple) -> float:
-    """The exact mean response time of the configuration with these THEORY_OPTIONS values, or NaN
-    where the theory has none."""
+def _exact(options: tuple, y: str = "mean_response_time") -> float:
+    """The exact mean response time (or cost) of the configuration with these THEORY_OPTIONS
+    values, or NaN where the theory has none."""
     import argparse
 
     from jaxq import theory
-    from jaxq.cli import build_dispatch, build_model
+    from jaxq.cli import build_dispatch, build_model, build_prediction_cost
 
     args = argparse.Namespace(**dict(zip(THEORY_OPTIONS, options)))
     if args.arrival_cv != 1.0:
         return math.nan
+    # results written before these options existed
+    args.limit = 1.0 if args.limit is None else args.limit
+    args.cheap_cost = args.cheap_cost or 0.0
+    args.cost_model = args.cost_model or "external"
     try:
         service, predictor, policy, _ = build_model(args)
+        cost = build_prediction_cost(args)
+        if cost is not None and cost.model == "server" and policy.needs != "none":
+            return math.nan  # the predictions change the queue: no exact theory
         servers = 1 if args.servers is None else int(args.servers)  # results before --servers
-        return theory.mean_response_time(policy, service, predictor, args.load, servers,
+        mean = theory.mean_response_time(policy, service, predictor, args.load, servers,
                                           build_dispatch(args))
+        if y == "cost" and cost is not None:
+            return mean + (theory.mean_prediction_cost(policy, service, predictor, cost)
+                           if cost.model == "external" else 0.0)
+        return mean
     except (ValueError, NotImplementedError, TypeError, ArithmeticError, OSError):
         return math.nan
 
@@ -380,7 +395,7 @@ def _draw_lines(fig, spec: dict, rows: list[dict]):
         drawn = ax.errorbar(position(s.x), s.y, yerr=s.err if has_err else None, marker="o",
                             ms=4, capsize=3, label=s.label or None)
         color = drawn.lines[0].get_color()
-        curve = theory_curve(s.rows, x) if spec["theory"] else None
+        curve = theory_curve(s.rows, x, spec["y"]) if spec["theory"] else None
         if curve is not None:
             ax.plot(position(curve[0]), curve[1], ls="--", color=color)
         if spec["optimum"] and np.isfinite(s.y).any():
