@@ -112,6 +112,10 @@ def _to_u(constraint, value, scale=1.0):
 def _getter(system: System, name: str) -> Callable:
     """A function system -> the leaf that parameter `name` lives in (for eqx.tree_at)."""
     t = TUNABLE[name]
+    cost = system.prediction_cost
+    if cost is not None and cost.model == "server":
+        raise ValueError("tuning does not model predictions that take server time (the relaxed "
+                         "engine has no prediction work); use cost model 'external'")
     if t.policy is Aging:
         if not isinstance(system.policy, Aging):
             raise ValueError("--tune aging needs a policy with an aging term (Aging(policy, w), "
