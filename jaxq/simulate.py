@@ -146,6 +146,7 @@ def _validate(system, *, jobs, replicas, warmup, capacity, chunk, histogram_bins
     if not isinstance(system, System):
         raise TypeError(f"system must be a jaxq.System, got {type(system).__name__}")
     _check_queue_policy(system.policy)
+    system.engine_policy()  # refuses what the cost model cannot run, before anything is traced
     servers = int(np.max(system.servers))
     if system.dispatch is None and servers > capacity:
         raise ValueError(f"capacity must be at least the number of servers ({servers}), got "
