@@ -112,7 +112,7 @@ def _to_u(constraint, value, scale=1.0):
 def _getter(system: System, name: str) -> Callable:
     """A function system -> the leaf that parameter `name` lives in (for eqx.tree_at)."""
     t = TUNABLE[name]
-    cost = system.prediction_cost
+    cost = getattr(system, "prediction_cost", None)  # an LLMSystem has none
     if cost is not None and cost.model == "server":
         raise ValueError("tuning does not model predictions that take server time (the relaxed "
                          "engine has no prediction work); use cost model 'external'")
