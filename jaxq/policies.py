@@ -415,22 +415,20 @@ class DelayPredict(Policy):
 
 
 class PredictFirst(Policy):
-    """The server-time cost model for predictions made at arrival (jaxq.PredictionCost): each
-    job first takes `cheap` of server time for a one-bit prediction and `full` for a full one,
-    as `base` needs them, ahead of all job work (FCFS among the jobs being predicted; a job that
-    `base` has locked in service is not interrupted), and is then ranked by `base` on the service
-    it has had since. The engine gives every job a size of its work plus that prediction time."""
+    """The server-time cost model for predictions made at arrival: each job first takes the
+    server time of the predictions `base` needs (cost: a jaxq.PredictionCost, whose per_job
+    gives it), ahead of all job work (FCFS among the jobs being predicted; a job that `base` has
+    locked in service is not interrupted), and is then ranked by `base` on the service it has
+    had since. The engine gives every job a size of its work plus that prediction time."""
 
     name: ClassVar[str] = "predict-first"
     changes: ClassVar[bool] = True
     base: Policy
-    cheap: jax.Array
-    full: jax.Array
+    cost: eqx.Module  # a jaxq.PredictionCost (not imported here: it imports this module)
 
-    def __init__(self, base: Policy, cheap=0.0, full=0.0):
+    def __init__(self, base: Policy, cost):
         self.base = base
-        self.cheap = jnp.asarray(cheap, dtype=float)
-        self.full = jnp.asarray(full, dtype=float)
+        self.cost = cost
 
     @property
     def uses_true_size(self):
@@ -440,14 +438,8 @@ class PredictFirst(Policy):
     def needs(self):
         return self.base.needs
 
-    def work(self, size, prediction) -> jax.Array:
-        """The server time of a job's predictions, shaped like `size`."""
-        cheap, full = self.base.predictions(size, prediction)
-        zero = jnp.zeros((), self.cheap.dtype)
-        return jnp.where(cheap, self.cheap, zero) + jnp.where(full, self.full, zero)
-
     def _split(self, jobs):
-        work = self.work(jobs.size, jobs.prediction)
+        work = self.cost.per_job(self.base, jobs.size, jobs.prediction)
         return work, jobs._replace(attained=jnp.maximum(jobs.attained - work, 0.0))
 
     def rank(self, jobs):

@@ -60,7 +60,7 @@ class PredictionCost(eqx.Module):
                              f"'external', or another policy)")
         if isinstance(without_aging(policy), DelayPredict):
             return eqx.tree_at(lambda p: without_aging(p).predict_time, policy, self.full)
-        return PredictFirst(policy, self.cheap, self.full)
+        return PredictFirst(policy, self)
 
     def work(self, policy: Policy, size, prediction) -> jax.Array:
         """Each job's work on the server: its size, plus its prediction time under server time."""

@@ -26,8 +26,10 @@ from jaxq import theory
 
 try:
     from reference import departures
+    from test_cli import run as _cli
 except ImportError:  # tests/ imported as a package
     from tests.reference import departures
+    from tests.test_cli import run as _cli
 
 TRACE_LENGTH = 24
 CHEAP, FULL = 0.125, 0.375  # dyadic: the reference's exact sums are the engine's float sums
@@ -253,14 +255,6 @@ def test_bad_input():
         theory.response_time(jaxq.DelayPredict(1.0), jaxq.Exponential(), jaxq.Perfect(), 0.5,
                              1.0, 1.0)
     assert "skippredict" not in jaxq.policies.LLM_POLICIES
-
-
-def _cli(capsys, *argv):
-    from jaxq import cli
-
-    code = cli.main(list(argv))
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_cli_theory_and_queue(capsys):
