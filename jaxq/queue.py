@@ -355,7 +355,11 @@ def next_service(policy: Policy, p, anyone, servers, most: int) -> Service:
         served_group = next_group = jnp.zeros(anyone.shape, jnp.int32)
         served = _top(p.present, primary, rank.tiebreak, best, servers, most)
         rate = jnp.ones(anyone.shape, dtype)
-        leaving, least = _best(served, remaining, p.index)
+        # Jobs that finish at one instant leave one step at a time. In between, a rank jump
+        # (delaypredict: a job whose size is its limit) can push a finished job out of the k
+        # best, so every finished job present may leave, served or not.
+        finished = p.present & (remaining <= 0.0)
+        leaving, least = _best(served | finished, remaining, p.index)
         leave_size, leave_age, leave_index = _pick_fields(leaving, [p.size, p.age], [p.index])
         dt_done = jnp.where(anyone, least, inf)
         dt_merge = inf

@@ -75,6 +75,19 @@ def test_golden_two_servers(case):
     np.testing.assert_allclose(got, [float(e) for e in expected], rtol=1e-12, atol=1e-12)
 
 
+def test_jobs_finishing_together_leave_together_after_a_rank_jump():
+    # delaypredict, limit 1/2, two servers, all four jobs at 0. Jobs 0 and 1 reach the limit
+    # and their size together at t = 1/2: both leave then, although once job 0 has left, job 1
+    # (past the limit) ranks behind jobs 2 and 3 (still in the first class). Jobs 2 and 3 run
+    # next; job 3 is done at 1, job 2 reaches the limit there and runs alone until 3/2.
+    arrivals, sizes, predictions = [0, 0, 0, 0], [0.5, 0.5, 1, 0.5], [0.5, 0, 0.5, 0.5]
+    expected = [Fraction(1, 2), Fraction(1, 2), Fraction(3, 2), Fraction(1)]
+    assert departures_exact("delaypredict", arrivals, sizes, predictions, servers=2,
+                            limit=0.5) == expected
+    got = engine_departures("delaypredict", {"limit": 0.5}, arrivals, sizes, predictions, 2)
+    np.testing.assert_allclose(got, [float(e) for e in expected], rtol=1e-12, atol=1e-12)
+
+
 def test_one_server_reference_is_unchanged():
     for a, x, y in engine_tests.CONTINUOUS[:10]:
         assert departures("las", a, x, y, servers=1) == departures("las", a, x, y)
@@ -106,13 +119,7 @@ def test_engine_matches_reference_on_continuous_instances(config, servers):
 
 
 @pytest.mark.parametrize("servers", [2])
-# delaypredict on 2+ servers differs from the reference on some lattice instances (ties at the
-# limit): not yet understood, so marked, not hidden.
-@pytest.mark.parametrize("config", [
-    pytest.param(c, id=engine_tests._config_id(c), marks=pytest.mark.xfail(
-        reason="delaypredict's rank jump on k servers at lattice ties: open", strict=False))
-    if c[0] == "delaypredict" else pytest.param(c, id=engine_tests._config_id(c))
-    for c in engine_tests.LATTICE_CONFIGS])
+@pytest.mark.parametrize("config", engine_tests._params(engine_tests.LATTICE_CONFIGS))
 def test_engine_matches_reference_on_lattice_instances(config, servers):
     """Exact ties, as in tests/test_engine.py: sharing groups may finish a rounding error late
     at an arrival instant; every other policy must match on every instance."""
