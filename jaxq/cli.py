@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 
-POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
-                "onebit", "linear", "mlp", "skippredict", "delaypredict")
+POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-bounce",
+                "sprpt-limited", "onebit", "linear", "mlp", "skippredict", "delaypredict")
 COST_MODELS = ("external", "server")
 PREDICTOR_NAMES = ("perfect", "exponential", "uniform", "lognormal")
 LINEAR_WEIGHTS = ("w_prediction", "w_remaining", "w_attained", "w_age", "w_prompt", "w_kv",
@@ -162,8 +162,8 @@ def build_policy(args, names=POLICY_NAMES, weight_names=LINEAR_WEIGHTS[:4]):
     elif p == "mlp":
         policy = (jaxq.policies.MLP() if args.weights is None
                   else jaxq.policies.MLP(_numbers("weights", args.weights)))
-    else:
-        policy = LLM_POLICIES[p]()
+    else:  # policies without options; sjf-prompt is the LLM engine's
+        policy = {**jaxq.POLICIES, **LLM_POLICIES}[p]()
     aging = getattr(args, "aging", 0.0)
     return Aging(policy, aging) if aging else policy
 

@@ -221,6 +221,34 @@ class SPRPT(Policy):
         return jnp.asarray(-1.0)
 
 
+class SPRPTBounce(Policy):
+    """sprpt that does not trust a prediction past its end: rank y - a while a < y, and y once the
+    job has had its predicted size (it goes back to where it started: pspjf for the rest).
+
+    Under sprpt a job that outlives its prediction ranks below 0, ahead of every other job, for
+    as long as its underestimate lasts: with predictions in [beta x, alpha x] that is a
+    non-preemptible stretch of up to (1 - beta) x, and its mean response time can be a large
+    multiple of srpt's when sizes vary widely. Here such a job waits behind every job predicted
+    shorter, so no job blocks the server longer than its prediction says. The idea, a rank that
+    bounces back up when a prediction runs out, is that of SRPT-Bounce (Scully, Grosof and
+    Mitzenmacher, "Uniform Bounds for Scheduling with Job Size Estimates", 2022); this variant
+    returns to y in one step. It needs no bounds alpha, beta, and with perfect predictions
+    (a never passes y) it is srpt."""
+
+    name: ClassVar[str] = "sprpt-bounce"
+    changes: ClassVar[bool] = True
+
+    def rank(self, jobs):
+        left = jobs.prediction - jobs.attained
+        return _rank(jobs, jnp.where(left > 0.0, left, jobs.prediction))
+
+    def slope(self):
+        return jnp.asarray(-1.0)
+
+    def next_change(self, jobs):
+        return jnp.where(jobs.attained < jobs.prediction, jobs.prediction, jnp.inf)
+
+
 class SPRPTLimited(Policy):
     """sprpt while a <= c * y; after that the job can no longer be preempted.
     c = 0 is spjf, c = 1 is sprpt."""
@@ -580,15 +608,17 @@ class MLP(Policy):
 
 POLICIES: dict[str, type[Policy]] = {
     cls.name: cls
-    for cls in (FCFS, LAS, SJF, PSJF, SRPT, SPJF, PSPJF, SPRPT, SPRPTLimited, OneBit, Linear,
-                MLP, SkipPredict, DelayPredict)
+    for cls in (FCFS, LAS, SJF, PSJF, SRPT, SPJF, PSPJF, SPRPT, SPRPTBounce, SPRPTLimited, OneBit,
+                Linear, MLP, SkipPredict, DelayPredict)
 }
 # Policies that need request features: the LLM engine accepts these too.
 # The MLP rank is the queue engine's for now: its default basis is laid out for sizes near 1, not
 # for output lengths in tokens.
-# So are skippredict and delaypredict, which are about the cost of predictions in the queue.
+# So are skippredict and delaypredict, which are about the cost of predictions in the queue, and
+# sprpt-bounce, whose rank jump the queue engine's reference checks (the LLM one does not yet).
 LLM_POLICIES: dict[str, type[Policy]] = {
-    **{n: c for n, c in POLICIES.items() if c not in (MLP, SkipPredict, DelayPredict)},
+    **{n: c for n, c in POLICIES.items()
+       if c not in (MLP, SkipPredict, DelayPredict, SPRPTBounce)},
     SJFPrompt.name: SJFPrompt}
 
 __all__ = ["Policy", "JobView", "Rank", "POLICIES", "LLM_POLICIES", "Aging", "SJFPrompt",

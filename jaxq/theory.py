@@ -28,6 +28,8 @@ atoms: a perfect predictor with deterministic or empirical sizes) this gives, pe
       + int_0^{min(x, c y)} da / (1 - rho_<(y - a)) + (x - c y)^+,
   N(y) = E[X^2 1{Y <= y}] + E[((X - b(Y))^+)^2 1{Y > y}],  b(Y) = min(Y - y, c Y)
   (an old job with Y > y is served ahead of the tagged one from attained min(Y - y, c Y) on).
+* sprpt-bounce, rank y - a while a < y, then y: jaxq.theory_bounce (sizes with a density).
+* skippredict and delaypredict: jaxq.theory_prediction_cost (sizes with a density).
 * onebit(T), short iff y < T, rho_S = lambda E[X 1{Y < T}]:
   non-preemptive: short x + W0 / (1 - rho_S), long x + W0 / ((1 - rho)(1 - rho_S)),
   W0 = lambda E[X^2] / 2; preemptive (shorts LCFS-PR among themselves): short x / (1 - rho_S),
@@ -731,6 +733,8 @@ def _spec(policy):
         return _Spec("pspjf")
     if isinstance(policy, _pol.SPRPT):
         return _Spec("sprpt", c=1.0)
+    if isinstance(policy, _pol.SPRPTBounce):
+        return _Spec("sprpt-bounce")
     if isinstance(policy, _pol.SPRPTLimited):
         c = _scalar("c", policy.c)
         if not 0.0 <= c <= 1.0:
@@ -1284,6 +1288,53 @@ def _noisy_short(m, tau):
     return float(s["F0"][0]), m.lam * float(s["F1"][0])
 
 
+# ----------------------------------------------------------------------------- helpers of the
+# formulas built on this module (jaxq.theory_prediction_cost, jaxq.theory_bounce)
+
+def _require_density(m, name):
+    if m.law.atoms:
+        raise ValueError(f"the theory of {name} needs sizes with a density, not deterministic or "
+                         f"empirical ones; use the simulator")
+
+
+def _x_expect(m, v, splits, fns):
+    """For each row v_i (n,): E[f(X, v_i)] for every f in fns (f(x (r, k), v (r, 1)) -> (r, k)),
+    by Gauss-Legendre in log x on the size law's panels, split per row at splits (n, s) (x
+    values; those <= 0 or not finite are ignored)."""
+    law = m.law
+    v = np.asarray(v, dtype=np.float64).ravel()
+    splits = np.asarray(splits, dtype=np.float64).reshape(v.size, -1)
+    out = [np.zeros(v.size) for _ in fns]
+    per_row = (law.edges.size - 1 + splits.shape[1]) * _GL_N
+    rows = max(1, _CHUNK // per_row)
+    for i0 in range(0, v.size, rows):
+        vr = v[i0:i0 + rows, None]
+        sp = splits[i0:i0 + rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ls = np.where((sp > 0) & np.isfinite(sp), np.log(np.where(sp > 0, sp, 1.0)), law.t_lo)
+        extra = np.clip(ls, law.t_lo, law.t_hi)
+        edges = np.sort(np.concatenate(
+            [np.broadcast_to(law.edges, (vr.shape[0], law.edges.size)), extra], axis=1), axis=1)
+        t, w = _panel_nodes(edges)
+        x = np.exp(t)
+        w = w * law.xpdf(x)
+        for j, f in enumerate(fns):
+            out[j][i0:i0 + rows] = np.sum(w * f(x, vr), axis=1)
+    return out
+
+
+def _mult_kinks(mult):
+    """M's kinks (values, not logs)."""
+    return np.exp(mult.kinks) if mult.kinks.size else np.zeros(0)
+
+
+def _with_edge(edges, value):
+    """Log-space panel edges with log(value) added where it falls inside them."""
+    if value > 0.0 and edges[0] < math.log(value) < edges[-1]:
+        return np.unique(np.concatenate([edges, [math.log(value)]]))
+    return edges
+
+
 # ----------------------------------------------------------------------------- public API
 
 def _errstate():
@@ -1345,6 +1396,9 @@ def mean_response_time(policy, service, predictor, load, servers: int = 1,
             out = _cost_theory().skippredict_mean(m, spec.threshold)
         elif spec.kind == "delaypredict":
             out = _cost_theory().delaypredict_mean(m, spec.threshold)
+        elif spec.kind == "sprpt-bounce":
+            from jaxq import theory_bounce  # it builds on this module's quadrature
+            out = theory_bounce.sprpt_bounce_mean(m)
         elif spec.oracle or m.mult is None:
             out = _perfect_mean(m, spec)
         else:
@@ -1414,7 +1468,7 @@ def response_time(policy, service, predictor, load, x, y) -> np.ndarray:
     With a perfect predictor, and for the oracle policies sjf, psjf and srpt, y is ignored
     (y = x)."""
     spec = _spec(policy)
-    if spec.kind in ("skippredict", "delaypredict"):
+    if spec.kind in ("skippredict", "delaypredict", "sprpt-bounce"):
         raise ValueError(f"response_time does not cover {spec.kind}; mean_response_time does")
     m = _Model(service, predictor, load)
     x, y = np.broadcast_arrays(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))

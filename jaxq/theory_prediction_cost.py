@@ -56,54 +56,10 @@ import numpy as np
 from jaxq import theory as _t
 
 
-def _require_density(m, name):
-    if m.law.atoms:
-        raise ValueError(f"the theory of {name} needs sizes with a density, not deterministic or "
-                         f"empirical ones; use the simulator")
-
-
-def _x_expect(m, v, splits, fns):
-    """For each row v_i (n,): E[f(X, v_i)] for every f in fns (f(x (r, k), v (r, 1)) -> (r, k)),
-    by Gauss-Legendre in log x on the size law's panels, split per row at splits (n, s) (x
-    values; those <= 0 or not finite are ignored)."""
-    law = m.law
-    v = np.asarray(v, dtype=np.float64).ravel()
-    splits = np.asarray(splits, dtype=np.float64).reshape(v.size, -1)
-    out = [np.zeros(v.size) for _ in fns]
-    per_row = (law.edges.size - 1 + splits.shape[1]) * _t._GL_N
-    rows = max(1, _t._CHUNK // per_row)
-    for i0 in range(0, v.size, rows):
-        vr = v[i0:i0 + rows, None]
-        sp = splits[i0:i0 + rows]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ls = np.where((sp > 0) & np.isfinite(sp), np.log(np.where(sp > 0, sp, 1.0)), law.t_lo)
-        extra = np.clip(ls, law.t_lo, law.t_hi)
-        edges = np.sort(np.concatenate(
-            [np.broadcast_to(law.edges, (vr.shape[0], law.edges.size)), extra], axis=1), axis=1)
-        t, w = _t._panel_nodes(edges)
-        x = np.exp(t)
-        w = w * law.xpdf(x)
-        for j, f in enumerate(fns):
-            out[j][i0:i0 + rows] = np.sum(w * f(x, vr), axis=1)
-    return out
-
-
-def _mult_kinks(mult):
-    """M's kinks (values, not logs)."""
-    return np.exp(mult.kinks) if mult.kinks.size else np.zeros(0)
-
-
-def _with_edge(edges, value):
-    """Log-space panel edges with log(value) added where it falls inside them."""
-    if value > 0.0 and edges[0] < math.log(value) < edges[-1]:
-        return np.unique(np.concatenate([edges, [math.log(value)]]))
-    return edges
-
-
 def _v_nodes(m, cut):
     """Gauss nodes v and weights dv on Y's panels (jaxq.theory's grid for sprpt), with `cut` an
     edge; returns (v, dv) for v > cut only."""
-    t, w = _t._panel_nodes(_with_edge(_t._noisy_grid(m, _t._Spec("sprpt")), cut))
+    t, w = _t._panel_nodes(_t._with_edge(_t._noisy_grid(m, _t._Spec("sprpt")), cut))
     v = np.exp(t)
     keep = v > cut
     return v[keep], (w * v)[keep]
@@ -120,12 +76,12 @@ def _long_wait_and_resid(m, v, dv):
 
 
 def skippredict_mean(m, tau: float) -> float:
-    _require_density(m, "skippredict")
+    _t._require_density(m, "skippredict")
     law, lam = m.law, m.lam
     if m.mult is None:  # y = x: long iff x >= tau, and (x - y + tau)^+ = tau
         p_s, rho_s = float(law.pm(0, tau)), lam * float(law.pm(1, tau))
         short = float(law.pm(1, tau)) + p_s * lam * float(law.pm(2, tau)) / (2.0 * (1.0 - rho_s))
-        t, w = _t._panel_nodes(_with_edge(law.graded, tau))
+        t, w = _t._panel_nodes(_t._with_edge(law.graded, tau))
         x = np.exp(t)
         keep = x >= tau
         x, w = x[keep], w[keep]
@@ -147,14 +103,14 @@ def skippredict_mean(m, tau: float) -> float:
     def tail(x, _):
         p, e1, _e2 = mult.between(tau / x, 1.0 + tau / x)
         return (x + tau) * p - x * e1
-    k = _mult_kinks(mult)
+    k = _t._mult_kinks(mult)
     splits = np.concatenate([tau / k[k > 0], tau / (k[k > 1] - 1.0)])[None, :]
-    over = _x_expect(m, [0.0], splits if splits.size else np.zeros((1, 0)), [tail])[0][0]
+    over = _t._x_expect(m, [0.0], splits if splits.size else np.zeros((1, 0)), [tail])[0][0]
     return short + long_part + over / (1.0 - rho_s)
 
 
 def delaypredict_mean(m, limit: float) -> float:
-    _require_density(m, "delaypredict")
+    _t._require_density(m, "delaypredict")
     law, lam, L = m.law, m.lam, limit
     # first class: every job's first min(X, L), served FCFS
     e1_min = float(law.pm(1, L)) + L * float(law.upper(0, L))
@@ -166,7 +122,7 @@ def delaypredict_mean(m, limit: float) -> float:
         return short + _delaypredict_perfect_long(m, L, rho_min)
 
     mult = m.mult
-    k = _mult_kinks(mult)
+    k = _t._mult_kinks(mult)
 
     def cdf(x, v):
         return mult.cdf(v / x)
@@ -203,10 +159,10 @@ def delaypredict_mean(m, limit: float) -> float:
         return np.concatenate(parts, axis=1)
 
     # the integrands have a kink at v = L (where x = L meets v / x = 1): an edge there
-    edges = _with_edge(_t._noisy_grid(m, _t._Spec("sprpt")), L)
+    edges = _t._with_edge(_t._noisy_grid(m, _t._Spec("sprpt")), L)
     t, w = _t._panel_nodes(edges)
     v, dv = np.exp(t), w * np.exp(t)
-    g, n_d, r0, rd, weight = _x_expect(m, v, splits_at(v), fns)
+    g, n_d, r0, rd, weight = _t._x_expect(m, v, splits_at(v), fns)
     g = g / v
     rho_0 = lam * r0
     rho_d = rho_min + lam * rd
@@ -220,7 +176,7 @@ def delaypredict_mean(m, limit: float) -> float:
         e1_lt = mult.moment(1) - mult.upper(1, s)
         return (x > L) * ((x - L) * mult.cdf(s) - x * e1_lt)
     kinks_below = L / np.maximum(1.0 - k[k < 1], 1e-300)  # where (x - L) / x meets M's kinks
-    neg = _x_expect(m, [0.0], np.concatenate([[L], kinks_below])[None, :], [below])[0][0]
+    neg = _t._x_expect(m, [0.0], np.concatenate([[L], kinks_below])[None, :], [below])[0][0]
     return short + float(np.sum(dv * (wait + resid))) + head + neg / (1.0 - rho_min)
 
 
@@ -230,7 +186,7 @@ def _delaypredict_perfect_long(m, L, rho_min):
     1{L < X < w}], and the residual int_L^x dw / (1 - rho_D(w)), by Fubini
     int_L^oo P(X > w) / (1 - rho_D(w)) dw."""
     law, lam = m.law, m.lam
-    edges = _with_edge(law.graded, L)
+    edges = _t._with_edge(law.graded, L)
     t, w = _t._panel_nodes(edges)
     x = np.exp(t)
     keep = x > L

@@ -1,6 +1,7 @@
-"""Throughput of the cost-of-predictions policies against sprpt, on the same engine in the same
-run: how much skippredict and delaypredict, and the server-time model (prediction work and the
-rank jumps at its end), cost per simulated job.
+"""Throughput of the policies whose rank jumps at a level of attained service, against sprpt, on
+the same engine in the same run: how much skippredict and delaypredict, the server-time model
+of the cost of predictions (prediction work and the rank jumps at its end) and sprpt-bounce
+(a jump at a = y) cost per simulated job.
 
     python scripts/bench_prediction_cost.py [--configs 256] [--jobs 20000] [--quick]
 
@@ -40,6 +41,7 @@ def main():
         ("sprpt, server time", jaxq.SPRPT(), "server"),
         ("skippredict, server time", jaxq.SkipPredict(1.0), "server"),
         ("delaypredict, server time", jaxq.DelayPredict(1.0), "server"),
+        ("sprpt-bounce, no cost", jaxq.SPRPTBounce(), None),
     ]
     rows = []
     for label, policy, model in cases:

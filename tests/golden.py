@@ -145,4 +145,12 @@ GOLDEN = [
     # before job0 (1.75): 1.75-2.75 job2, 2.75-4 job0.
     ("delaypredict", {"limit": 0.5}, [0, 0.5, 1, 1.25], [2, 0.25, 1.5, 0.25],
      [2.5, 0.25, 0.5, 3], [4, 0.75, 2.75, 1.75]),
+    # sprpt-bounce: 0-1 job0 (rank 1 - a; job1 arrives at 0.5 with 0.75 > 0.5). At t=1 job0 has
+    # had its prediction and goes back to rank 1, behind job1 (0.75): 1-1.75 job1 (job2 arrives
+    # at 1.5 with 0.5 > job1's 0.25). At t=1.75 job1 goes back to 0.75, behind job2: 1.75-2.25
+    # job2; 2.25-2.5 job1 (0.75 < 1); 2.5-3.5 job0. (sprpt: 2, 3.5, 2.5.)
+    ("sprpt-bounce", {}, [0, 0.5, 1.5], [2, 1, 0.5], [1, 0.75, 0.5], [3.5, 2.5, 2.25]),
+    # the same jobs under sprpt: job0 ranks below 0 from t=1 and keeps the server until 2; then
+    # job2 (0.5) before job1 (0.75).
+    ("sprpt", {}, [0, 0.5, 1.5], [2, 1, 0.5], [1, 0.75, 0.5], [2, 3.5, 2.5]),
 ]

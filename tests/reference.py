@@ -27,7 +27,7 @@ and so does prediction work under the server-time cost model (`prediction_time`)
 predictions are work of their own, done when it arrives, ahead of all job work (FCFS among
 them; a locked job is not interrupted), except delaypredict's full prediction, done when the
 job reaches the limit. The levels of attained service where a rank jumps (the end of a job's
-prediction work, delaypredict's limit) are events too.
+prediction work, delaypredict's limit, sprpt-bounce's a = y) are events too.
 
 Between events nothing changes who is served: with slope <= 0 a served job only gets better
 relative to the waiting ones, the age term grows at the same rate for everyone, and with slope > 0
@@ -65,8 +65,8 @@ from fractions import Fraction
 import math
 from typing import NamedTuple
 
-POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
-                "onebit", "linear", "mlp", "skippredict", "delaypredict")
+POLICY_NAMES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-bounce",
+                "sprpt-limited", "onebit", "linear", "mlp", "skippredict", "delaypredict")
 
 # Parameter names and defaults, the same as the constructors in jaxq/policies.py.
 DEFAULT_PARAMS = {
@@ -167,6 +167,8 @@ class _Policy:
             return Rank(y, index, False)
         if name == "sprpt":
             return Rank(y - a, index, False)
+        if name == "sprpt-bounce":
+            return Rank(y - a if a < y else y, index, False)
         if name == "sprpt-limited":
             return Rank(y - a, index, a > self.c * y)
         if name == "onebit":
@@ -190,6 +192,14 @@ class _Policy:
             return Rank(y - (a - predict_time), index, False)
         raise AssertionError(name)
 
+    def jump_levels(self, y: Fraction, predict_time: Fraction = Fraction(0)) -> list[Fraction]:
+        """The levels of attained service (of the job's own work) where `rank` jumps."""
+        if self.name == "delaypredict":
+            return [self.limit + predict_time]
+        if self.name == "sprpt-bounce":
+            return [y]
+        return []
+
     def static_rank(self, y: Fraction) -> Fraction:
         """h(y) = y exp(m(log y)), m(z) = sum_h v_h tanh(w_h z + b_h) + c. The one inexact step
         here: transcendental, so evaluated in float64 (math) and taken exactly from there. It is
@@ -208,7 +218,8 @@ class _Policy:
         """d(primary)/d(attained) for an unlocked job, as in jaxq/policies.py."""
         if self.name == "las":
             return Fraction(1)
-        if self.name in ("srpt", "sprpt", "sprpt-limited", "mlp", "skippredict", "delaypredict"):
+        if self.name in ("srpt", "sprpt", "sprpt-bounce", "sprpt-limited", "mlp", "skippredict",
+                         "delaypredict"):
             return Fraction(-1)
         if self.name == "linear":
             return self.w_attained - self.w_remaining
@@ -316,9 +327,7 @@ def departures_exact(policy: str, arrival_times, sizes, predictions, servers: in
 
     def jumps(i: int) -> list[Fraction]:
         """The attained service levels ahead at which job i's rank jumps."""
-        levels = [before[i]]
-        if policy == "delaypredict":
-            levels.append(before[i] + pol.limit + at_limit)
+        levels = [before[i]] + [before[i] + v for v in pol.jump_levels(pred[i], at_limit)]
         return [v for v in levels if v > attained[i]]
 
     while True:

@@ -2,8 +2,8 @@
 sends every arriving job to one of them at once, for good. Slow, exact, plain Python, written to
 be checked by reading; the fast engine is to match it exactly on small instances.
 
-Each server runs the single-server rules of tests/reference.py (the same `service` function) on
-the jobs sent to it, in exact rational arithmetic. The dispatcher looks at each server's state at
+Each server runs the single-server rules of tests/reference.py (the same `service` function, and
+the same levels where a rank jumps) on the jobs sent to it, in exact rational arithmetic. The dispatcher looks at each server's state at
 the arrival instant, after the jobs that finish at that instant have left and after the jobs that
 arrived earlier at the same instant have been placed:
 
@@ -92,6 +92,9 @@ def departures_exact(policy: str, servers: int, arrival_times, sizes, prediction
                           for i in jobs}, {i: size[i] - attained[i] for i in jobs}, 1)
                 rates.update(rate)
                 times.append(internal)
+                # levels of attained service where a served job's rank jumps
+                times += [(v - attained[i]) / rate[i] for i in rate if rate[i]
+                          for v in pol.jump_levels(pred[i]) if v > attained[i]]
         if next_arrival < n:
             times.append(arrival[next_arrival] - t)
         dt = min(times)

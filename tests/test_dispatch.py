@@ -85,9 +85,7 @@ def _every_sixth_in_the_default_suite(configs):
             for i, c in enumerate(configs)]
 
 
-# (delaypredict's rank jump is not in the dispatch reference: see tests/test_prediction_cost.py)
-@pytest.mark.parametrize("config", _every_sixth_in_the_default_suite(
-    [c for c in engine_tests.ALL_CONFIGS if c[0] != "delaypredict"]))
+@pytest.mark.parametrize("config", _every_sixth_in_the_default_suite(engine_tests.ALL_CONFIGS))
 def test_every_policy_matches_the_reference(config):
     """Each policy setting under a rule that samples (so a server may be sampled twice) on 3
     servers: power-of-2 by count for half of them, by predicted work for the other half."""

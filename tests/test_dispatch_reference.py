@@ -29,11 +29,7 @@ except ImportError:  # tests/ imported as a package
     from tests.reference_dispatch import MEASURES, departures_exact as dispatched
 
 CASES = engine_tests.CONTINUOUS[:12] + engine_tests.LATTICE[:12]
-# delaypredict's rank jump at the limit is not modelled by the dispatch reference (the servers'
-# loop there stops at departures and merges only); tests/test_prediction_cost.py checks it under
-# random dispatch against the one-server engine instead.
-CONFIGS = [c for c in engine_tests.ALL_CONFIGS
-           if c[0] not in ("mlp", "delaypredict")][::2] + [("las", {})]
+CONFIGS = [c for c in engine_tests.ALL_CONFIGS if c[0] != "mlp"][::2] + [("las", {})]
 
 
 @pytest.mark.parametrize("measure", [None, *MEASURES])

@@ -133,6 +133,7 @@ ALL_CONFIGS = [
     ("spjf", {}),
     ("pspjf", {}),
     ("sprpt", {}),
+    ("sprpt-bounce", {}),  # a rank jump at a = y: an internal event
     ("sprpt-limited", {"c": 0.0}),
     ("sprpt-limited", {"c": 0.3}),
     ("sprpt-limited", {"c": 0.5}),
