@@ -3,9 +3,10 @@ sends every arriving job to one of them at once, for good. Slow, exact, plain Py
 be checked by reading; the fast engine is to match it exactly on small instances.
 
 Each server runs the single-server rules of tests/reference.py (the same `service` function, and
-the same levels where a rank jumps) on the jobs sent to it, in exact rational arithmetic. The dispatcher looks at each server's state at
-the arrival instant, after the jobs that finish at that instant have left and after the jobs that
-arrived earlier at the same instant have been placed:
+the same levels where a rank jumps) on the jobs sent to it, in exact rational arithmetic. The
+dispatcher looks at each server's state at the arrival instant, after the jobs that finish at
+that instant have left and after the jobs that arrived earlier at the same instant have been
+placed:
 
 * round-robin: job i goes to server i mod n;
 * every other rule compares its candidate servers by a measure and takes the first candidate

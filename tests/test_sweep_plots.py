@@ -188,6 +188,14 @@ def test_spec_errors_before_drawing(folder, spec, message):
     assert not os.path.exists(os.path.join(folder, "plots"))  # nothing drawn
 
 
+def test_theory_lines_of_the_cost(folder):
+    # cost = E[T] + the mean prediction cost (0 here): an experiment file may ask for its exact
+    # curve as for the mean response time
+    paths = plot_folder(folder, [{"kind": "lines", "x": "load", "y": "cost", "by": "policy",
+                                  "theory": True}])
+    _check_files(paths)
+
+
 def test_llm_folder(llm_folder):
     rows = results.load_table(llm_folder)
     # kv_capacity follows the GPU preset: not a line of its own.

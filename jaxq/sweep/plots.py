@@ -206,9 +206,9 @@ def _check_theory(where: str, engine: str, y: str):
     if engine != "queue":
         raise ValueError(f"{where}: theory is exact for the queue engine only; this folder's "
                          f"engine is {engine}")
-    if y != "mean_response_time":
-        raise ValueError(f"{where}: theory is the exact mean response time: it needs "
-                         f"y = 'mean_response_time', got {y!r}")
+    if y not in ("mean_response_time", "cost"):
+        raise ValueError(f"{where}: theory is the exact mean response time (or the cost of "
+                         f"predictions): it needs y = 'mean_response_time' or 'cost', got {y!r}")
 
 
 def _check_where(where: str, filters: dict, rows: list[dict]):
