@@ -614,11 +614,9 @@ POLICIES: dict[str, type[Policy]] = {
 # Policies that need request features: the LLM engine accepts these too.
 # The MLP rank is the queue engine's for now: its default basis is laid out for sizes near 1, not
 # for output lengths in tokens.
-# So are skippredict and delaypredict, which are about the cost of predictions in the queue, and
-# sprpt-bounce, whose rank jump the queue engine's reference checks (the LLM one does not yet).
+# So are skippredict and delaypredict, which are about the cost of predictions in the queue.
 LLM_POLICIES: dict[str, type[Policy]] = {
-    **{n: c for n, c in POLICIES.items()
-       if c not in (MLP, SkipPredict, DelayPredict, SPRPTBounce)},
+    **{n: c for n, c in POLICIES.items() if c not in (MLP, SkipPredict, DelayPredict)},
     SJFPrompt.name: SJFPrompt}
 
 __all__ = ["Policy", "JobView", "Rank", "POLICIES", "LLM_POLICIES", "Aging", "SJFPrompt",

@@ -73,8 +73,8 @@ import math
 from collections import deque
 from typing import Callable
 
-POLICIES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-limited",
-            "onebit", "linear", "sjf-prompt")
+POLICIES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-bounce",
+            "sprpt-limited", "onebit", "linear", "sjf-prompt")
 PREEMPTION_MODES = ("recompute", "swap")
 ADMISSION_MODES = ("optimistic", "reserve-predicted", "reserve-max")
 
@@ -191,6 +191,8 @@ def _rank_key(cfg: ReferenceConfig, r: _Request, now: float) -> tuple:
         primary, locked = yhat, False
     elif p == "sprpt":
         primary, locked = yhat - g, False
+    elif p == "sprpt-bounce":
+        primary, locked = (yhat - g if g < yhat else yhat), False
     elif p == "sprpt-limited":
         primary, locked = yhat - g, g > cfg.c * yhat
     elif p == "onebit":

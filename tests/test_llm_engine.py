@@ -22,6 +22,7 @@ POLICY_CASES = {
     "spjf": (lambda: jaxq.SPJF(), {}),
     "pspjf": (lambda: jaxq.PSPJF(), {}),
     "sprpt": (lambda: jaxq.SPRPT(), {}),
+    "sprpt-bounce": (lambda: jaxq.SPRPTBounce(), {}),
     "sprpt-limited": (lambda: jaxq.SPRPTLimited(0.4), {"c": 0.4}),
     "onebit": (lambda: jaxq.OneBit(9.0, False), {"threshold": 9.0}),
     "onebit-preemptive": (lambda: jaxq.OneBit(9.0, True), {"threshold": 9.0, "preemptive": True}),

@@ -444,7 +444,7 @@ def random_trace(seed, N=14, rate=3.0, max_prompt=12, max_output=10):
 
 POLICY_VARIANTS = {
     "fcfs": {}, "las": {}, "sjf": {}, "psjf": {}, "srpt": {}, "spjf": {}, "pspjf": {},
-    "sprpt": {}, "sprpt-limited": {"c": 0.5}, "sjf-prompt": {},
+    "sprpt": {}, "sprpt-bounce": {}, "sprpt-limited": {"c": 0.5}, "sjf-prompt": {},
     "onebit": {"threshold": 5.0, "preemptive": False},
     "onebit-preemptive": {"threshold": 5.0, "preemptive": True},
     "linear": {"w_prediction": 0.3, "w_remaining": 1.0, "w_attained": 0.2, "w_age": 0.1,

@@ -14,8 +14,8 @@ import sys
 from jaxq._files import write_atomic
 from jaxq.cli import LINEAR_WEIGHTS, PREDICTOR_NAMES, build_policy, build_predictor
 
-LLM_POLICY_NAMES = ("fcfs", "sjf-prompt", "spjf", "pspjf", "sprpt", "sprpt-limited", "onebit",
-                    "linear", "las", "sjf", "psjf", "srpt")
+LLM_POLICY_NAMES = ("fcfs", "sjf-prompt", "spjf", "pspjf", "sprpt", "sprpt-bounce",
+                    "sprpt-limited", "onebit", "linear", "las", "sjf", "psjf", "srpt")
 JSON_KEYS = ("ttft_mean", "ttft_p50", "ttft_p90", "ttft_p99", "tpot_mean", "tpot_p50",
              "tpot_p90", "tpot_p99", "latency_mean", "latency_p50", "latency_p90", "latency_p99",
              "latency_per_token_mean", "latency_per_token_p50", "latency_per_token_p90",
