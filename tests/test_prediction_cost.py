@@ -195,8 +195,8 @@ def test_theory_limits_are_sprpt_and_fcfs(service, predictor):
     fcfs = theory.mean_response_time(jaxq.FCFS(), service, predictor, 0.8)
     skip0 = theory.mean_response_time(jaxq.SkipPredict(0.0), service, predictor, 0.8)
     assert skip0 == pytest.approx(sprpt, rel=1e-9)
-    # limit -> 0: sprpt (up to the part of the residual below the first panel of Y's grid,
-    # which sprpt's formula leaves out: < 1e-6 here)
+    # limit -> 0: sprpt, to the quadrature's accuracy (the two formulas are evaluated on
+    # different panels; they differ by 2.5e-7 with Weibull(0.5) sizes, by < 1e-12 otherwise)
     delay0 = theory.mean_response_time(jaxq.DelayPredict(1e-12), service, predictor, 0.8)
     assert delay0 == pytest.approx(sprpt, rel=1e-6)
     for policy in (jaxq.SkipPredict(1e6), jaxq.DelayPredict(1e6)):
