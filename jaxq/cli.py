@@ -304,15 +304,12 @@ def cmd_theory(args) -> dict:
                                                                        args.mean)
         return out
     cost = build_prediction_cost(args)
-    if cost is not None and cost.model == "server" and policy.needs != "none":
-        raise ValueError("with --cost-model server the predictions change the queue, which has "
-                         "no exact theory here; use `jaxq queue`")
-    out["mean_response_time"] = float(theory.mean_response_time(
-        policy, service, predictor, args.load, args.servers, dispatch))
-    if cost is not None:
-        out["mean_prediction_cost"] = theory.mean_prediction_cost(policy, service, predictor, cost)
-        out["cost"] = (out["mean_response_time"]
-                       + (out["mean_prediction_cost"] if cost.model == "external" else 0.0))
+    if cost is None:
+        out["mean_response_time"] = float(theory.mean_response_time(
+            policy, service, predictor, args.load, args.servers, dispatch))
+    else:
+        out.update(theory.cost_terms(policy, service, predictor, args.load, cost, args.servers,
+                                     dispatch))
     if args.policy == "onebit" and args.servers == 1:
         t, value = theory.optimal_onebit_threshold(service, predictor, args.load, args.preemptive)
         out.update(optimal_threshold=float(t), optimal_mean_response_time=float(value))

@@ -78,7 +78,7 @@ from jaxq import policies as _pol
 from jaxq import predictors as _pred
 
 __all__ = ["mean_response_time", "response_time", "optimal_onebit_threshold", "supports",
-           "mean_prediction_cost", "mean_cost"]
+           "mean_prediction_cost", "mean_cost", "cost_terms"]
 
 _LOG_TINY = math.log(1e-16)  # lower tail cut: probability mass below it is ~1e-16
 _GL_N = 8  # Gauss-Legendre nodes per panel
@@ -1432,14 +1432,24 @@ def mean_prediction_cost(policy, service, predictor, cost) -> float:
     return {"none": 0.0, "cheap": cheap, "full": full}[needs]
 
 
+def cost_terms(policy, service, predictor, load, cost, servers: int = 1,
+               dispatch=None) -> dict:
+    """Exact mean_response_time, mean_prediction_cost and cost (cost.objective: their sum under
+    the external model). Server-time costs change the queue of a policy that makes predictions,
+    which has no exact theory here: refused (a policy that makes none runs as without costs)."""
+    if cost.model != "external" and policy.needs != "none":
+        raise ValueError(f"no exact theory for predictions that take server time (model "
+                         f"{cost.model!r}, policy {policy.name!r}): they change the queue; the "
+                         f"external cost model has one, else use the simulator")
+    mean = mean_response_time(policy, service, predictor, load, servers, dispatch)
+    paid = mean_prediction_cost(policy, service, predictor, cost)
+    return {"mean_response_time": mean, "mean_prediction_cost": paid,
+            "cost": float(cost.objective(mean, paid))}
+
+
 def mean_cost(policy, service, predictor, load, cost) -> float:
-    """The objective of the external cost model: E[T] + the mean prediction cost per job.
-    (Under server time predictions change the queue itself; no exact theory here.)"""
-    if cost.model != "external":
-        raise ValueError(f"exact theory of the cost covers the external cost model only, got "
-                         f"model {cost.model!r}; use the simulator")
-    return (mean_response_time(policy, service, predictor, load)
-            + mean_prediction_cost(policy, service, predictor, cost))
+    """The exact cost (see cost_terms): E[T] + the mean prediction cost per job, external."""
+    return cost_terms(policy, service, predictor, load, cost)["cost"]
 
 
 def _multi_server_mean(policy, service, load, servers) -> float:

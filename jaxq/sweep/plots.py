@@ -367,15 +367,12 @@ def _exact(options: tuple, y: str = "mean_response_time") -> float:
     try:
         service, predictor, policy, _ = build_model(args)
         cost = build_prediction_cost(args)
-        if cost is not None and cost.model == "server" and policy.needs != "none":
-            return math.nan  # the predictions change the queue: no exact theory
         servers = 1 if args.servers is None else int(args.servers)  # results before --servers
-        mean = theory.mean_response_time(policy, service, predictor, args.load, servers,
-                                          build_dispatch(args))
-        if y == "cost" and cost is not None:
-            return mean + (theory.mean_prediction_cost(policy, service, predictor, cost)
-                           if cost.model == "external" else 0.0)
-        return mean
+        if cost is None:
+            return theory.mean_response_time(policy, service, predictor, args.load, servers,
+                                             build_dispatch(args))
+        return theory.cost_terms(policy, service, predictor, args.load, cost, servers,
+                                 build_dispatch(args))[y]
     except (ValueError, NotImplementedError, TypeError, ArithmeticError, OSError):
         return math.nan
 
