@@ -1,12 +1,14 @@
 """Reference LLM engine: a slow, plain-Python, iteration-by-iteration simulator of the model in
 the "LLM engine model" text (continuous batching, chunked prefill, a hard KV-cache limit,
-preemption by recompute or swap, admission modes, prediction refinement).
+preemption by recompute or swap, admission modes, prediction refinement), and of a cluster of
+such engines behind a router (`run_cluster_reference`).
 
 The fast JAX engine is tested against this file request by request, so it is written to be checked
-by reading, not to be fast: one explicit loop over iteration boundaries, one explicit record per
-request, and every quantity of the text (q_i, D_i, H_i, R_i, C, blk) computed under its own name.
-Tokens and blocks are Python ints; time is a Python float kept on an absolute clock `now`
-(the same clock as the arrival times), and an iteration ends at now + dt.
+by reading, not to be fast: one engine instance (`_Instance`) processes one iteration boundary at
+a time (`_Instance.step`: the boundary and the iteration that follows it), with one explicit
+record per request, and every quantity of the text (q_i, D_i, H_i, R_i, C, blk) computed under its
+own name. Tokens and blocks are Python ints; time is a Python float kept on an absolute clock
+`now` (the same clock as the arrival times), and an iteration ends at now + dt.
 
 Choices made where the text leaves room (the most literal reading in each case):
 
@@ -64,6 +66,46 @@ Choices made where the text leaves room (the most literal reading in each case):
     blocks, sum of blk(n + q) - (blocks held, hit blocks included), are popped from the front.
     At the end of the iteration finished requests push blk(n) untagged blocks. The queue's
     length always equals C minus the resident requests' blocks (asserted every iteration).
+14. Pending requests: a request delivered to an instance waits, "pending", until the instance's
+    next boundary at or after its arrival, and enters then; the pending requests with arrival
+    <= the boundary enter in arrival order. The next boundary is `now` (the end of the last
+    iteration) while requests are in the system; with none in the system but some pending, it is
+    max(now, earliest pending arrival): an empty engine jumps to the arrival (choice 1), and a
+    request that arrived during the iteration that emptied the engine starts at that
+    iteration's end. run_reference delivers every request at the start; that is the same as
+    delivering each at its arrival, since a pending request cannot enter before it.
+
+Cluster (`run_cluster_reference`): I instances behind a router, each exactly the engine above.
+
+15. Instances may differ only in the fields of INSTANCE_FIELDS (limits and costs); every other
+    field (policy, its options, aging, preemption, admission, prefix cache, refinement) must be
+    equal in all configs (compared with ==, so refine_multiplier must be the same function
+    object). Every request must fit alone on every instance (_validate for each).
+    Requests keep their global index (0..N-1, arrival order) everywhere: the rank's tiebreak,
+    refine_multiplier(index, m), the logs and every result list.
+16. Order of events: request r arriving at t is routed (and delivered, for good, as an arrival at
+    t) after every instance has processed every boundary strictly before t, each with its
+    iteration, and before any boundary at t or later. So a request arriving exactly at a
+    boundary's time is routed first and enters at that boundary. The instances are stepped
+    earliest next boundary first, ties to the lowest index (they interact only through the
+    router, so this order does not change results). Requests with equal arrival times are routed
+    one after the other in index order, each seeing the ones before it as pending.
+17. What the router sees of an instance: its state after the last iteration it processed, i.e.
+    at the end of the iteration in progress at t (an end later than t), or at the end of its last
+    iteration if it is idle; requests that finished in that iteration have left.
+    outstanding = requests in the system + pending ones (an int). kv = Fraction(sum of blk(n)
+    over its resident requests, its C). work = a float summed left to right: max(yhat - g, 1) for
+    each request in the system (arrival order), then max(yhat, 1) for each pending one (arrival
+    order), with yhat the current prediction (refined if refinement is on).
+18. Rules: round-robin: r mod I (picks, if given, are ignored). random: picks[r][0]. The three
+    "least" rules: the candidates are picks[r], all of it, in order, duplicates allowed
+    (power-of-d with d = len(picks[r])), or 0..I-1 when picks is None; the request goes to the
+    first candidate with the least measure (scanning with a strict <). seen[r] holds the measure
+    of every instance 0..I-1 (candidates or not) for the "least" rules, None for the others.
+19. Results: per request, by global index. Each instance's own ReferenceResult has lists of
+    length N in which the requests it did not serve are None (first_token_time, finish_time and
+    preemptions alike); its counters and log are its own. The cluster's counters are the sums
+    over the instances, peak_kv_tokens the max over them.
 """
 
 from __future__ import annotations
@@ -71,12 +113,18 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import deque
+from fractions import Fraction
 from typing import Callable
 
 POLICIES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "sprpt-bounce",
             "sprpt-limited", "onebit", "linear", "sjf-prompt")
 PREEMPTION_MODES = ("recompute", "swap")
 ADMISSION_MODES = ("optimistic", "reserve-predicted", "reserve-max")
+ROUTERS = ("round-robin", "random", "least-outstanding", "least-kv", "least-predicted-work")
+# The config fields in which the instances of a cluster may differ (choice 15).
+INSTANCE_FIELDS = ("kv_capacity", "block_size", "max_seqs", "max_batched_tokens", "host_capacity",
+                   "max_output", "iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
+                   "iter_per_kv_token", "swap_per_token")
 
 # Where a request's KV lives.
 NOWHERE = "nowhere"    # n == 0: new, or preempted by recompute
@@ -119,9 +167,11 @@ class ReferenceConfig:
 
 @dataclasses.dataclass
 class ReferenceResult:
-    first_token_time: list[float]  # per request, absolute
-    finish_time: list[float]       # per request, absolute
-    preemptions: list[int]         # per request
+    # Per request, by global index; in a cluster, None for the requests this instance did not
+    # serve (choice 19).
+    first_token_time: list[float | None]  # absolute
+    finish_time: list[float | None]       # absolute
+    preemptions: list[int | None]
     iterations: int
     total_preemptions: int
     recomputed_tokens: int         # sum of n dropped by recompute preemptions
@@ -246,51 +296,95 @@ def _validate(arrival_time, prompt, output, prediction, cfg: ReferenceConfig) ->
                              f"tokens needs more than the {C} blocks of the GPU")
 
 
-def run_reference(arrival_time, prompt, output, prediction, config: ReferenceConfig
-                  ) -> ReferenceResult:
-    cfg = config
-    _validate(arrival_time, prompt, output, prediction, cfg)
-    N = len(arrival_time)
-    b = cfg.block_size
-    C = cfg.kv_capacity // b           # GPU blocks
-    C_host = cfg.host_capacity // b    # host blocks
-    T = cfg.max_batched_tokens
-    S = cfg.max_seqs
+def _make_requests(arrival_time, prompt, output, prediction) -> list[_Request]:
+    return [_Request(index=i, arrival=float(arrival_time[i]), P=int(prompt[i]), O=int(output[i]),
+                     yhat=float(prediction[i])) for i in range(len(arrival_time))]
 
-    requests = [_Request(index=i, arrival=float(arrival_time[i]), P=int(prompt[i]),
-                         O=int(output[i]), yhat=float(prediction[i])) for i in range(N)]
-    in_system: list[_Request] = []   # entered and not finished, in arrival order
-    next_arrival = 0                 # index of the first request that has not entered yet
-    finished = 0
-    now = -math.inf                  # the engine starts empty: the first boundary is a jump
-    log: list[dict] = []
-    recomputed_tokens = 0
-    swapped_tokens = 0
-    prefix_hit_tokens = 0
-    # The free GPU blocks in the order they are reused, front first (choice 13); only kept with
-    # the prefix cache on.
-    free_blocks = deque([None] * C)
 
-    def cached_prefix(r: _Request) -> int:
+class _Instance:
+    """One engine instance: its requests, its clock and its counters. `deliver` hands it a request
+    as an arrival at the request's arrival time; `step` processes its next boundary and the
+    iteration that follows (choice 14)."""
+
+    def __init__(self, cfg: ReferenceConfig):
+        self.cfg = cfg
+        self.b = cfg.block_size
+        self.C = cfg.kv_capacity // self.b           # GPU blocks
+        self.C_host = cfg.host_capacity // self.b    # host blocks
+        self.served: list[_Request] = []     # every request delivered here, in arrival order
+        self.pending: deque[_Request] = deque()  # delivered, not entered yet, in arrival order
+        self.in_system: list[_Request] = []  # entered and not finished, in arrival order
+        self.now = -math.inf                 # the end of the last iteration (choice 1)
+        self.last_boundary = -math.inf       # the last boundary processed
+        self.log: list[dict] = []
+        self.recomputed_tokens = 0
+        self.swapped_tokens = 0
+        self.prefix_hit_tokens = 0
+        # The free GPU blocks in the order they are reused, front first (choice 13); only kept
+        # with the prefix cache on.
+        self.free_blocks = deque([None] * self.C)
+
+    def deliver(self, r: _Request) -> None:
+        """r arrives here at r.arrival: it is pending until the next boundary at or after then."""
+        assert not self.pending or self.pending[-1].arrival <= r.arrival
+        assert self.last_boundary < r.arrival, "every boundary before the arrival is processed"
+        self.served.append(r)
+        self.pending.append(r)
+
+    def has_work(self) -> bool:
+        return bool(self.in_system or self.pending)
+
+    def next_boundary(self) -> float:
+        """The time of the next boundary (choice 14); inf without work."""
+        if self.in_system:
+            return self.now
+        if self.pending:
+            return max(self.now, self.pending[0].arrival)
+        return math.inf
+
+    # ---- What a router sees (choice 17). ----
+
+    def outstanding(self) -> int:
+        return len(self.in_system) + len(self.pending)
+
+    def kv_load(self) -> Fraction:
+        b = self.b
+        return Fraction(sum(_blk(r.n, b) for r in self.in_system if r.where == RESIDENT), self.C)
+
+    def predicted_work(self) -> float:
+        work = 0.0
+        for r in self.in_system:
+            work += max(r.yhat - r.g, 1.0)
+        for r in self.pending:
+            work += max(r.yhat, 1.0)
+        return work
+
+    def cached_prefix(self, r: _Request) -> int:
         """Tokens of r's dropped KV still intact in the free blocks (choice 13)."""
-        if not cfg.prefix_cache or r.where != NOWHERE:
+        if not self.cfg.prefix_cache or r.where != NOWHERE:
             return 0
-        tags = set(free_blocks)
+        tags = set(self.free_blocks)
         j = 0
         while (r.index, j) in tags:
             j += 1
-        return j * b
+        return j * self.b
 
-    while finished < N:
-        # ---- The boundary at `now`: arrivals enter; if empty, jump to the next arrival. ----
-        while next_arrival < N and requests[next_arrival].arrival <= now:
-            in_system.append(requests[next_arrival])
-            next_arrival += 1
-        if not in_system:
-            now = requests[next_arrival].arrival
-            while next_arrival < N and requests[next_arrival].arrival <= now:
-                in_system.append(requests[next_arrival])
-                next_arrival += 1
+    def step(self) -> None:
+        """The boundary at next_boundary() and the iteration that follows it."""
+        cfg = self.cfg
+        b, C, C_host = self.b, self.C, self.C_host
+        T = cfg.max_batched_tokens
+        S = cfg.max_seqs
+        in_system = self.in_system
+        free_blocks = self.free_blocks
+
+        # ---- The boundary at `now`: the pending requests that have arrived by then enter. ----
+        now = self.next_boundary()
+        assert now < math.inf, "step() needs work"
+        self.last_boundary = now
+        while self.pending and self.pending[0].arrival <= now:
+            in_system.append(self.pending.popleft())
+        assert in_system
 
         # ---- Ranking: sort by (class, primary, tiebreak). ----
         order = sorted(in_system, key=lambda r: _rank_key(cfg, r, now))
@@ -304,7 +398,7 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
         L = 0
         hits = []          # cached-prefix tokens of each batch member (aligned with batch)
         for i, r in enumerate(order, start=1):
-            h = cached_prefix(r)
+            h = self.cached_prefix(r)
             n = r.n + h    # with a hit the request counts as holding its cached prefix
             u = r.P + r.g - n
             q = min(u, T - sum_u_before)
@@ -373,7 +467,7 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
                 pushes.append((r, r.n, False))
             else:
                 may_swap = False
-                recomputed_tokens += r.n
+                self.recomputed_tokens += r.n
                 recomputed.append(r.index)
                 recomputed_n.append(r.n)
                 pushes.append((r, r.n, True))
@@ -395,7 +489,7 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
                     for j in range(h // b):
                         free_blocks.remove((r.index, j))
                     r.n = h
-                    prefix_hit_tokens += h
+                    self.prefix_hit_tokens += h
                 held += _blk(r.n, b) if (r.where == RESIDENT or h) else 0
             # (c) The batch's new blocks come from the front.
             for _ in range(sum(_blk(r.n + q, b) for r, q in batch) - held):
@@ -417,7 +511,7 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
                 swap_in_tokens += r.n
                 swapped_in.append(r.index)
         swap_tokens = swap_out_tokens + swap_in_tokens
-        swapped_tokens += swap_tokens
+        self.swapped_tokens += swap_tokens
         dt = (cfg.iter_base + cfg.iter_per_prefill_token * prefill_tokens
               + cfg.iter_per_decode_seq * decode_seqs + cfg.iter_per_kv_token * kv_attended
               + cfg.swap_per_token * swap_tokens)
@@ -445,13 +539,12 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
                 free_blocks.extend([None] * _blk(r.n, b))
             in_system.remove(r)
             r.where = NOWHERE  # leaves, freeing its blocks
-            finished += 1
-        now = end
+        self.now = end
         if cfg.prefix_cache:
             assert len(free_blocks) == C - sum(_blk(r.n, b) for r in in_system
                                                if r.where == RESIDENT)
 
-        log.append({
+        self.log.append({
             "time": end,
             "dt": dt,
             "batch": [r.index for r, _ in batch],
@@ -474,15 +567,141 @@ def run_reference(arrival_time, prompt, output, prediction, config: ReferenceCon
             "prefix_hit": hits,
         })
 
-    return ReferenceResult(
+    def result(self, N: int) -> ReferenceResult:
+        """This instance's result; per-request lists of length N, None where not served."""
+        first_token_time: list[float | None] = [None] * N
+        finish_time: list[float | None] = [None] * N
+        preemptions: list[int | None] = [None] * N
+        for r in self.served:
+            first_token_time[r.index] = r.first_token_time
+            finish_time[r.index] = r.finish_time
+            preemptions[r.index] = r.preemptions
+        return ReferenceResult(
+            first_token_time=first_token_time,
+            finish_time=finish_time,
+            preemptions=preemptions,
+            iterations=len(self.log),
+            total_preemptions=sum(r.preemptions for r in self.served),
+            recomputed_tokens=self.recomputed_tokens,
+            swapped_tokens=self.swapped_tokens,
+            peak_kv_tokens=max((e["kv_tokens_during"] for e in self.log), default=0),
+            prefix_hit_tokens=self.prefix_hit_tokens,
+            log=self.log,
+        )
+
+
+def run_reference(arrival_time, prompt, output, prediction, config: ReferenceConfig
+                  ) -> ReferenceResult:
+    _validate(arrival_time, prompt, output, prediction, config)
+    requests = _make_requests(arrival_time, prompt, output, prediction)
+    instance = _Instance(config)
+    for r in requests:
+        instance.deliver(r)  # each waits, pending, until its arrival (choice 14)
+    while instance.has_work():
+        instance.step()
+    assert all(r.finish_time is not None for r in requests)
+    return instance.result(len(requests))
+
+
+@dataclasses.dataclass
+class ClusterReferenceResult:
+    # Per request, by global index:
+    first_token_time: list[float]  # absolute
+    finish_time: list[float]       # absolute
+    preemptions: list[int]
+    instance: list[int]            # the instance the router sent it to
+    # What the router saw when routing it: the measure of every instance 0..I-1 (an int for
+    # least-outstanding, a Fraction for least-kv, a float for least-predicted-work), or None for
+    # round-robin and random (choice 18).
+    seen: list[list | None]
+    instances: list[ReferenceResult]  # each instance's own result (choice 19)
+    # Totals over the instances (sums; peak_kv_tokens is the max):
+    iterations: int
+    total_preemptions: int
+    recomputed_tokens: int
+    swapped_tokens: int
+    prefix_hit_tokens: int
+    peak_kv_tokens: int
+
+
+def run_cluster_reference(arrival_time, prompt, output, prediction,
+                          configs: list[ReferenceConfig], router: str,
+                          picks: list[list[int]] | None = None) -> ClusterReferenceResult:
+    """Instances configs[0..I-1] behind `router` (choices 15 to 19). picks[r]: request r's
+    candidate instances, used by "random" (picks[r][0]) and, when given, by the "least" rules."""
+    configs = list(configs)
+    if not configs:
+        raise ValueError("a cluster needs at least one instance")
+    for cfg in configs:
+        _validate(arrival_time, prompt, output, prediction, cfg)
+    for field in dataclasses.fields(ReferenceConfig):
+        if field.name in INSTANCE_FIELDS:
+            continue
+        for i, cfg in enumerate(configs):
+            if getattr(cfg, field.name) != getattr(configs[0], field.name):
+                raise ValueError(f"instance {i}: {field.name} differs from instance 0's; only "
+                                 f"{', '.join(INSTANCE_FIELDS)} may differ")
+    if router not in ROUTERS:
+        raise ValueError(f"unknown router {router!r}")
+    N = len(arrival_time)
+    I = len(configs)
+    if router == "random" and picks is None:
+        raise ValueError("router 'random' needs picks")
+    if picks is not None:
+        if len(picks) != N:
+            raise ValueError("picks needs one list of candidates per request")
+        for r, candidates in enumerate(picks):
+            if len(candidates) < 1 or not all(0 <= int(k) < I for k in candidates):
+                raise ValueError(f"request {r}: picks must be instances 0..{I - 1}, at least one")
+
+    requests = _make_requests(arrival_time, prompt, output, prediction)
+    instances = [_Instance(cfg) for cfg in configs]
+    measure = {"least-outstanding": _Instance.outstanding, "least-kv": _Instance.kv_load,
+               "least-predicted-work": _Instance.predicted_work}.get(router)
+    routed_to: list[int] = []
+    seen: list[list | None] = []
+
+    def earliest() -> _Instance:
+        """The instance with the earliest next boundary, ties to the lowest index (min returns
+        the first of equal ones)."""
+        return min(instances, key=lambda inst: inst.next_boundary())
+
+    for r in requests:
+        # Every boundary strictly before the arrival first (choice 16).
+        while (inst := earliest()).next_boundary() < r.arrival:
+            inst.step()
+        # Route (choices 17 and 18).
+        if router == "round-robin":
+            k, values = r.index % I, None
+        elif router == "random":
+            k, values = int(picks[r.index][0]), None
+        else:
+            values = [measure(inst) for inst in instances]
+            candidates = ([int(c) for c in picks[r.index]] if picks is not None
+                          else list(range(I)))
+            k = candidates[0]
+            for c in candidates[1:]:
+                if values[c] < values[k]:
+                    k = c
+        routed_to.append(k)
+        seen.append(values)
+        instances[k].deliver(r)
+    while (inst := earliest()).has_work():
+        inst.step()
+
+    assert all(r.finish_time is not None for r in requests)
+    results = [inst.result(N) for inst in instances]
+    return ClusterReferenceResult(
         first_token_time=[r.first_token_time for r in requests],
         finish_time=[r.finish_time for r in requests],
         preemptions=[r.preemptions for r in requests],
-        iterations=len(log),
-        total_preemptions=sum(r.preemptions for r in requests),
-        recomputed_tokens=recomputed_tokens,
-        swapped_tokens=swapped_tokens,
-        peak_kv_tokens=max((e["kv_tokens_during"] for e in log), default=0),
-        prefix_hit_tokens=prefix_hit_tokens,
-        log=log,
+        instance=routed_to,
+        seen=seen,
+        instances=results,
+        iterations=sum(res.iterations for res in results),
+        total_preemptions=sum(res.total_preemptions for res in results),
+        recomputed_tokens=sum(res.recomputed_tokens for res in results),
+        swapped_tokens=sum(res.swapped_tokens for res in results),
+        prefix_hit_tokens=sum(res.prefix_hit_tokens for res in results),
+        peak_kv_tokens=max((res.peak_kv_tokens for res in results), default=0),
     )

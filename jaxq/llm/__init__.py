@@ -3,8 +3,10 @@ predicted, under a hard KV-cache memory limit, with preemption by recompute or s
 
 import dataclasses
 
+from jaxq.llm.cluster import ROUTERS, Router
 from jaxq.llm.hardware import GPUS, MODELS, CostModel, roofline
 from jaxq.llm.simulate import LLMResult, LLMSystem, simulate
+from jaxq.llm.simulate_cluster import Cluster
 from jaxq.llm.workloads import WORKLOADS, LLMWorkload, Trace, TraceError, read_trace
 
 
@@ -13,5 +15,6 @@ def costs(gpu: str, model: str, **options) -> dict:
     return dataclasses.asdict(roofline(gpu, model, **options))
 
 
-__all__ = ["GPUS", "MODELS", "CostModel", "LLMResult", "LLMSystem", "LLMWorkload", "Trace",
-           "TraceError", "WORKLOADS", "costs", "read_trace", "roofline", "simulate"]
+__all__ = ["Cluster", "GPUS", "MODELS", "CostModel", "LLMResult", "LLMSystem", "LLMWorkload",
+           "ROUTERS", "Router", "Trace", "TraceError", "WORKLOADS", "costs", "read_trace",
+           "roofline", "simulate"]

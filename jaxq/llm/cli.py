@@ -13,6 +13,7 @@ import sys
 
 from jaxq._files import write_atomic
 from jaxq.cli import LINEAR_WEIGHTS, PREDICTOR_NAMES, build_policy, build_predictor
+from jaxq.llm.cluster import ROUTERS
 
 LLM_POLICY_NAMES = ("fcfs", "sjf-prompt", "spjf", "pspjf", "sprpt", "sprpt-bounce",
                     "sprpt-limited", "onebit", "linear", "las", "sjf", "psjf", "srpt")
@@ -85,6 +86,16 @@ def add_llm_options(p):
     c.add_argument("--model", default="llama-3.1-8b")
     c.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     c.add_argument("--tensor-parallel", type=int, default=1)
+    k = p.add_argument_group("cluster (several instances behind a router)")
+    k.add_argument("--instances", type=int, default=None,
+                   help="engine instances behind a router (default: one engine, no router)")
+    k.add_argument("--router", default="round-robin", help=f"one of: {', '.join(ROUTERS)}")
+    k.add_argument("--d", type=int, default=0,
+                   help="least-* routers: compare D instances sampled at random (power-of-d; "
+                        "default 0: all of them)")
+    k.add_argument("--instance-gpus", default=None, metavar="GPU,GPU,...",
+                   help="one GPU preset per instance (heterogeneous instances; their costs "
+                        "and KV capacity from the roofline with --model)")
     r = p.add_argument_group("run")
     r.add_argument("--replicas", type=int, default=1)
     r.add_argument("--seed", type=int, default=0,
@@ -103,10 +114,11 @@ def add_llm_options(p):
 
 
 def build_llm_system(args):
-    """(LLMSystem, workload) from parsed options."""
-    from jaxq._checks import check_choice
-    from jaxq.llm import hardware
-    from jaxq.llm.simulate import LLMSystem
+    """(LLMSystem, or Cluster with --instances or --instance-gpus; workload) from parsed
+    options."""
+    from jaxq._checks import check_choice, check_count
+    from jaxq.llm.cluster import Router
+    from jaxq.llm.simulate_cluster import Cluster
     from jaxq.llm.workloads import WORKLOADS, read_trace
 
     if (args.trace is None) == (args.workload is None):
@@ -120,15 +132,34 @@ def build_llm_system(args):
         rate = {} if args.rate is None else {"rate": args.rate}
         workload = WORKLOADS[args.workload](**rate, max_tokens=args.max_model_len)
     check_choice("predictor", args.predictor, PREDICTOR_NAMES)
-    cost = hardware.roofline(hardware.gpu(args.gpu), hardware.model(args.model),
+    policy, predictor = build_policy(args, LLM_POLICY_NAMES, LINEAR_WEIGHTS), build_predictor(args)
+    if args.instances is None and args.instance_gpus is None:
+        return _instance(args, args.gpu, policy, predictor), workload
+    gpus = [args.gpu] if args.instance_gpus is None else args.instance_gpus.split(",")
+    count = len(gpus) if args.instances is None else args.instances
+    check_count("instances", count, 1)
+    if len(gpus) > 1 and len(gpus) != count:
+        raise ValueError(f"--instance-gpus names {len(gpus)} GPUs; --instances must equal that "
+                         f"or be left out, got {count}")
+    systems = [_instance(args, gpu, policy, predictor) for gpu in gpus]
+    check_count("d", args.d, 0)
+    router = Router(args.router, args.d or None)
+    return Cluster(systems * (count // len(systems)), router), workload
+
+
+def _instance(args, gpu, policy, predictor):
+    """One engine's LLMSystem: `gpu`'s roofline with --model, explicit options overriding it."""
+    from jaxq.llm import hardware
+    from jaxq.llm.simulate import LLMSystem
+
+    cost = hardware.roofline(hardware.gpu(gpu), hardware.model(args.model),
                              tensor_parallel=args.tensor_parallel,
                              gpu_memory_utilization=args.gpu_memory_utilization)
     coefficients = {name: getattr(cost, name) if getattr(args, name) is None
                     else getattr(args, name) for name in _COST_OPTIONS}
     kv = cost.kv_capacity if args.kv_capacity is None else args.kv_capacity
-    system = LLMSystem(
-        build_policy(args, LLM_POLICY_NAMES, LINEAR_WEIGHTS), build_predictor(args),
-        kv_capacity=kv, block_size=args.block_size, max_seqs=args.max_batch,
+    return LLMSystem(
+        policy, predictor, kv_capacity=kv, block_size=args.block_size, max_seqs=args.max_batch,
         max_batched_tokens=args.max_batched_tokens,
         host_capacity=kv if args.host_capacity is None else args.host_capacity,
         max_output=args.max_output,
@@ -136,11 +167,11 @@ def build_llm_system(args):
         refine=args.refine_every is not None, kv_bytes_per_token=cost.kv_bytes_per_token,
         seed=args.seed, preemption=args.preemption, admission=args.admission,
         prefix_cache=args.prefix_cache, **coefficients)
-    return system, workload
 
 
 def cmd_llm(args) -> dict:
     from jaxq.llm.simulate import simulate
+    from jaxq.llm.simulate_cluster import Cluster
     from jaxq.llm.workloads import Trace
 
     system, workload = build_llm_system(args)
@@ -158,9 +189,17 @@ def cmd_llm(args) -> dict:
         arrival = workload.arrival_time if is_trace else result.arrival_time[0]
         _write_per_request(args.per_request, result, arrival)
     out = {"policy": args.policy, "predictor": args.predictor, "preemption": args.preemption,
-           "admission": args.admission, "prefix_cache": args.prefix_cache,
-           "kv_capacity": int(system.kv_capacity),
-           **{name: float(getattr(system, name)) for name in _COST_OPTIONS}}
+           "admission": args.admission, "prefix_cache": args.prefix_cache}
+    if isinstance(system, Cluster):
+        out.update(instances=system.instances, router=args.router, d=args.d or None,
+                   instance_gpus=args.instance_gpus)
+        out["kv_capacity"] = [int(s.kv_capacity) for s in system.systems]
+        out.update({name: [float(getattr(s, name)) for s in system.systems]
+                    for name in _COST_OPTIONS})
+        out["instance_share"] = result.instance_share.tolist()
+    else:
+        out["kv_capacity"] = int(system.kv_capacity)
+        out.update({name: float(getattr(system, name)) for name in _COST_OPTIONS})
     out.update(llm_metrics(result))
     out.update(replicas=args.replicas, seed=args.seed, seconds=result.seconds)
     return out
@@ -183,14 +222,17 @@ def llm_metrics(result, index=()) -> dict:
 
 
 def _write_per_request(path, result, arrival):
-    """Replica 0's requests in trace order, on the trace's clock; written atomically."""
+    """Replica 0's requests in trace order, on the trace's clock (with a cluster, the instance
+    each went to); written atomically."""
     first = arrival + result.ttft[0]
     finish = arrival + result.latency[0]
     preemptions = result.request_preemptions[0]
+    cluster = result.instance is not None
     text = io.StringIO()
     writer = csv.writer(text)
-    writer.writerow(["arrival_time", "first_token_time", "finish_time", "preemptions"])
-    for row in zip(arrival, first, finish, preemptions):
+    writer.writerow(["arrival_time", "first_token_time", "finish_time", "preemptions"]
+                    + (["instance"] if cluster else []))
+    for i, row in enumerate(zip(arrival, first, finish, preemptions)):
         writer.writerow([repr(float(row[0])), repr(float(row[1])), repr(float(row[2])),
-                         int(row[3])])
+                         int(row[3])] + ([int(result.instance[0, i])] if cluster else []))
     write_atomic(path, text.getvalue().encode())

@@ -160,14 +160,15 @@ def _blocks(tokens, block_size):
     return (tokens + block_size - 1) // block_size
 
 
-def _admit(spec, requests, state, age, until_next, live):
+def _admit(spec, requests, state, age, until_next, live, ids):
     """Move every request that has arrived by now (until_next <= 0) into a free slot (none when
-    the run is not live)."""
+    the run is not live). ids: (N,) the request id of each arrival in `requests.gap`'s order
+    (None: the identity; an instance of a cluster sees the requests routed to it)."""
     k, n = spec.slots, requests.gap.shape[0]
     s = state.slots
     # Relative arrival times of the next K + 1 requests: rel[r] for request next_arrival + r.
-    padded = jnp.concatenate([requests.gap, jnp.zeros((k + 1,), requests.gap.dtype)])
-    later_gaps = lax.dynamic_slice(padded, (state.next_arrival + 1,), (k,))
+    later = state.next_arrival + 1 + jnp.arange(k)
+    later_gaps = jnp.where(later < n, requests.gap[jnp.minimum(later, n - 1)], 0.0)
     rel = until_next + jnp.concatenate([jnp.zeros((1,), age.dtype), jnp.cumsum(later_gaps)])
     offsets = jnp.arange(k + 1)
     arrived = (rel <= 0) & (state.next_arrival + offsets < n) & live
@@ -177,6 +178,8 @@ def _admit(spec, requests, state, age, until_next, live):
     n_admit = jnp.minimum(n_arrived, jnp.sum(free))
     take = free & (free_rank < n_admit)
     request = jnp.where(take, state.next_arrival + free_rank, 0)
+    if ids is not None:
+        request = ids[request]
     zero = jnp.zeros_like(s.generated)
     slots = Slots(
         active=s.active | take,
@@ -341,6 +344,15 @@ def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor
          requests: Requests, key: jax.Array, state: EngineState, live=True) -> EngineState:
     """One boundary and the iteration that follows it: a no-op once every request has left, or
     when `live` (a bool) is False."""
+    return timed_step(spec, p, policy, predictor, requests, key, state, live)[0]
+
+
+def timed_step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
+               requests: Requests, key: jax.Array, state: EngineState, live=True, ids=None
+               ) -> tuple[EngineState, jax.Array, jax.Array]:
+    """`step`, also returning how far the engine's clock moved: the jump to the next arrival of
+    an empty engine and the iteration's length (both 0 when nothing happened). ids: see
+    `_admit`."""
     n_requests = requests.gap.shape[0]
     s, t = state.slots, state.totals
     idle = ~jnp.any(s.active) & (state.next_arrival < n_requests) & live
@@ -348,7 +360,7 @@ def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor
     # iteration that emptied the engine (until_next < 0): then it starts at this boundary.
     jump = jnp.where(idle, jnp.maximum(state.until_next, 0.0), 0.0)
     s, next_arrival, until_next, overflow = _admit(spec, requests, state, s.age + jump,
-                                                   state.until_next - jump, live)
+                                                   state.until_next - jump, live, ids)
     order = _order(policy, s)
     b = p.block_size
     # A request with blocks in the prefix cache counts as holding them (README).
@@ -425,11 +437,12 @@ def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor
                       host_blocks=host_blocks, ttft=ttft, latency=latency,
                       preemptions=request_preemptions, free_queue=queue, totals=totals)
     # Keep the carry's dtypes (with float64 enabled, sums of int32 arrays are int64).
-    return jax.tree_util.tree_map(lambda x, old: x.astype(old.dtype), new, state)
+    return jax.tree_util.tree_map(lambda x, old: x.astype(old.dtype), new, state), jump, dt
 
 
 def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, requests: Requests,
-                key: jax.Array, state: EngineState, allowance) -> tuple[EngineState, jax.Array]:
+                key: jax.Array, state: EngineState, allowance, horizon=jnp.inf
+                ) -> tuple[EngineState, jax.Array, jax.Array]:
     """Up to `allowance` iterations at once, while nothing but decoding happens.
 
     When every request in the system is resident and decoding, and they all fit in one batch (by
@@ -438,8 +451,12 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     boundary, the first request to finish, a refinement, or the KV blocks running short. In
     scripts/bench_llm.py a configuration computes 1,095 boundaries in full (the ordering and the
     prefix sums) for 11,121 iterations on average, the rest being such runs. Returns the state
-    after m such iterations and m (0 when the boundary now is not of this kind). Times are summed
-    in closed form, so they differ from iteration-by-iteration sums by rounding only.
+    after m such iterations, m (0 when the boundary now is not of this kind) and the seconds they
+    took. Times are summed in closed form, so they differ from iteration-by-iteration sums by
+    rounding only.
+
+    horizon: the run also stops at the first boundary at or after this time from now, as it
+    does for the next arrival (an instance of a cluster: the next request the router sends).
     """
     n_requests = requests.gap.shape[0]
     s, t = state.slots, state.totals
@@ -451,7 +468,8 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     seqs = jnp.sum(s.active)
     decoding = s.resident & (s.generated >= 1) & (s.kv == s.prompt + s.generated - 1)
     blocks_after_one = jnp.sum(jnp.where(s.active, _blocks(s.kv + 1, b), 0))
-    eligible = ((seqs >= 1) & jnp.all(~s.active | decoding) & (state.until_next > 0)
+    u = jnp.minimum(state.until_next, horizon)
+    eligible = ((seqs >= 1) & jnp.all(~s.active | decoding) & (u > 0)
                 & (seqs <= p.max_seqs) & (seqs <= p.max_batched_tokens)
                 & (blocks_after_one <= cap))
 
@@ -464,8 +482,7 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     def elapsed(m):  # T(m): seconds taken by the first m iterations (m float)
         return m * a + c * (m * (m - 1.0) / 2.0)
 
-    # The next arrival is admitted at the first boundary T(m) >= until_next: the run stops there.
-    u = state.until_next
+    # The next arrival is admitted at the first boundary T(m) >= u: the run stops there.
     half = a - c / 2.0  # >= c / 2 >= 0, since a >= c
     guess = jnp.ceil(2.0 * u / (half + jnp.sqrt(half * half + 2.0 * c * u)))
     guess = jnp.clip(jnp.where(jnp.isfinite(guess), guess, big), 1, big)
@@ -509,7 +526,7 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     new = state._replace(slots=slots, until_next=state.until_next - seconds, latency=latency,
                          preemptions=request_preemptions, totals=totals)
     return (jax.tree_util.tree_map(lambda x, old: x.astype(old.dtype), new, state),
-            m.astype(jnp.int32))
+            m.astype(jnp.int32), seconds)
 
 
 def run(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
@@ -529,8 +546,8 @@ def run(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
 
     def one(p, policy, predictor, requests, key, st, live):
         st = step(spec, p, policy, predictor, requests, key, st, live)
-        st, _ = _decode_run(spec, p, predictor, requests, key, st,
-                            max_iterations - st.totals.iterations)
+        st, _, _ = _decode_run(spec, p, predictor, requests, key, st,
+                               max_iterations - st.totals.iterations)
         return st
 
     def cond(carry):

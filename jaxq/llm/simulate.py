@@ -177,14 +177,18 @@ class LLMResult:
     output_tokens: np.ndarray  # S + (R, N)
     warmup: int  # the first `warmup` requests of each replica are left out of the metrics
     seconds: float  # wall time, compilation included
+    # Clusters only (None for one instance):
+    instance: np.ndarray | None = None  # S + (R, N) int, the instance each request was sent to
+    instance_share: np.ndarray | None = None  # S + (I,), fraction of measured requests each
+    #   instance served, pooled over replicas
 
     def to_dict(self, index=()) -> dict:
         """Scalar metrics of one configuration (for --json)."""
         skip = {"ttft", "latency", "request_preemptions", "arrival_time", "output_tokens",
-                "warmup", "seconds"}
+                "warmup", "seconds", "instance"}
         out = {}
         for field in dataclasses.fields(self):
-            if field.name in skip:
+            if field.name in skip or getattr(self, field.name) is None:
                 continue
             value = np.asarray(getattr(self, field.name))[index]
             out[field.name] = value.item() if value.ndim == 0 else value.tolist()
@@ -224,9 +228,12 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     device count (default: one per core on a CPU, one per device on accelerators). Results
     depend on neither.
     """
+    from jaxq.llm.simulate_cluster import Cluster, simulate_cluster
+
     start = time.perf_counter()
-    if not isinstance(system, LLMSystem):
-        raise TypeError(f"system must be a jaxq.llm.LLMSystem, got {type(system).__name__}")
+    if not isinstance(system, (LLMSystem, Cluster)):
+        raise TypeError(f"system must be a jaxq.llm.LLMSystem or a jaxq.llm.Cluster, got "
+                        f"{type(system).__name__}")
     check_choice("on_overflow", on_overflow, ("raise", "warn", "ignore"))
     for name, slo in (("ttft_slo", ttft_slo), ("tpot_slo", tpot_slo)):
         check_range(name, slo, low=0.0, low_open=True, allow_inf=True)
@@ -254,6 +261,12 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     if warmup >= n:
         raise ValueError(f"warmup must be below the number of requests ({n}), got {warmup}")
 
+    if isinstance(system, Cluster):
+        result = simulate_cluster(system, workload, n, is_trace, slots, replicas, warmup,
+                                  ttft_slo, tpot_slo, key, steps_per_call, max_iterations,
+                                  progress, start)
+        _report_problems(result, slots, on_overflow)
+        return result
     shape = _batch_shape(system)
     flat, _ = flatten(system)
     b = math.prod(shape) if shape else 1
@@ -274,8 +287,12 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     inputs = (per.params(), per.policy, per.predictor, reqs, refine_keys)
     state = _run_all(spec, inputs, _init(spec, reqs), n, min(lanes, runs), steps_per_call,
                      limit, progress, workers)
-    result = _summarise(per, state, reqs, shape, replicas, warmup, ttft_slo, tpot_slo,
-                        time.perf_counter() - start)
+    t = jax.tree_util.tree_map(np.asarray, state.totals)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kv_use = t.kv_token_seconds / t.busy_time / np.asarray(per.kv_capacity, np.float64)
+    swapped_bytes = t.swapped_tokens * np.asarray(per.kv_bytes_per_token)
+    result = _summarise(state, reqs, shape, replicas, warmup, ttft_slo, tpot_slo,
+                        time.perf_counter() - start, kv_use, swapped_bytes)
     _report_problems(result, slots, on_overflow)
     return result
 
@@ -442,8 +459,11 @@ def _quantiles(x, axis):
     return [np.nanquantile(x, q, axis=axis) if x.shape[axis] else np.nan for q in QUANTILES]
 
 
-def _summarise(per, state: EngineState, reqs: Requests, shape, replicas, warmup, ttft_slo,
-               tpot_slo, seconds) -> LLMResult:
+def _summarise(state: EngineState, reqs: Requests, shape, replicas, warmup, ttft_slo,
+               tpot_slo, seconds, kv_use, swapped_bytes, **extra) -> LLMResult:
+    """The result of runs (B*R of them): kv_use is each run's time-average fraction of KV
+    capacity in use while busy, swapped_bytes its bytes moved to or from the host; `extra`
+    fields are passed on as they are."""
     grid = lambda x: np.asarray(x).reshape(shape + (replicas,) + np.shape(x)[1:])  # noqa: E731
     ttft, latency = grid(state.ttft), grid(state.latency)
     output = grid(reqs.output)
@@ -464,8 +484,6 @@ def _summarise(per, state: EngineState, reqs: Requests, shape, replicas, warmup,
         stderr = lambda x: (np.std(x, axis=-1, ddof=1) / np.sqrt(replicas)  # noqa: E731
                             if replicas > 1 else np.full(shape, np.nan))
         sums = lambda x: np.sum(x, axis=-1)  # noqa: E731
-        kv_cap = np.broadcast_to(np.asarray(per.kv_capacity), (per.kv_capacity.shape[0],))
-        kv_cap = kv_cap.reshape(shape + (replicas,)).astype(np.float64)
         stats = {}
         for name, x in (("ttft", ttft), ("tpot", tpot), ("latency", latency),
                         ("latency_per_token", per_token)):
@@ -480,13 +498,12 @@ def _summarise(per, state: EngineState, reqs: Requests, shape, replicas, warmup,
             request_throughput=np.mean(ttft.shape[-1] / elapsed, axis=-1),
             token_throughput=np.mean(np.sum(output, axis=-1) / elapsed, axis=-1),
             goodput=np.mean(np.sum(met[..., measured], axis=-1) / elapsed, axis=-1),
-            mean_kv_use=np.mean(t.kv_token_seconds / t.busy_time / kv_cap, axis=-1),
+            mean_kv_use=np.mean(grid(kv_use), axis=-1),
             peak_kv_tokens=np.max(t.peak_kv_tokens, axis=-1),
             preemptions=sums(t.preemptions), recomputed_tokens=sums(t.recomputed_tokens),
             prefix_hit_tokens=sums(t.prefix_hit_tokens),
             swapped_tokens=sums(t.swapped_tokens),
-            swapped_bytes=sums(t.swapped_tokens * np.asarray(per.kv_bytes_per_token).reshape(
-                shape + (replicas,))),
+            swapped_bytes=sums(grid(swapped_bytes)),
             mean_batch_size=np.sum(t.batched, -1) / np.sum(t.iterations, -1),
             mean_queue_length=np.mean(t.waiting_seconds / elapsed, axis=-1),
             iterations=sums(t.iterations), boundaries=sums(t.boundaries),
@@ -494,7 +511,8 @@ def _summarise(per, state: EngineState, reqs: Requests, shape, replicas, warmup,
             overflow=sums(t.overflow),
             unfinished=sums(ttft.shape[-1] - t.finished),
             ttft=ttft, latency=latency, request_preemptions=grid(state.preemptions),
-            arrival_time=arrival, output_tokens=output, warmup=warmup, seconds=seconds)
+            arrival_time=arrival, output_tokens=output, warmup=warmup, seconds=seconds,
+            **extra)
     return result
 
 

@@ -63,9 +63,10 @@ class LLMEngine:
 
     @staticmethod
     def footprint(args) -> int:
-        """Rough bytes of one configuration in a call: every replica's requests and slots, times
-        4 for temporaries."""
-        return 4 * args.replicas * (args.requests * 64 + (args.slots or 1024) * 96)
+        """Rough bytes of one configuration in a call: every replica's requests and slots (per
+        instance of a cluster), times 4 for temporaries."""
+        instances = args.instances or len((args.instance_gpus or "").split(","))
+        return 4 * args.replicas * instances * (args.requests * 64 + (args.slots or 1024) * 96)
 
     @staticmethod
     def add_options(parser: argparse.ArgumentParser):
@@ -85,12 +86,16 @@ class LLMEngine:
         from jaxq.llm.workloads import Trace
 
         system, workload = build_llm_system(args)
-        # Record the values the preset resolved (the row then says what ran).
-        args.kv_capacity = int(system.kv_capacity)
-        args.host_capacity = int(system.host_capacity)
-        for name in ("iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
-                     "iter_per_kv_token", "swap_per_token"):
-            setattr(args, name, float(getattr(system, name)))
+        # Record the values the preset resolved (the row then says what ran); with
+        # heterogeneous instances, --instance-gpus says it.
+        one = system if args.instance_gpus is None and args.instances is None else (
+            system.systems[0] if args.instance_gpus is None else None)
+        if one is not None:
+            args.kv_capacity = int(one.kv_capacity)
+            args.host_capacity = int(one.host_capacity)
+            for name in ("iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
+                         "iter_per_kv_token", "swap_per_token"):
+                setattr(args, name, float(getattr(one, name)))
         options = simulate_options(args, isinstance(workload, Trace))
         # The workload is static: it is sampled for the whole call.
         requests = (args.trace, args.workload, args.rate, args.requests, args.max_model_len)

@@ -1,0 +1,195 @@
+"""Run a batch of LLM clusters: I engine instances behind a router (jaxq.llm.cluster).
+
+    one = jaxq.llm.LLMSystem(policy=jaxq.SPRPT(), **jaxq.llm.costs("a100-80gb", "llama-3.1-8b"))
+    cluster = jaxq.llm.Cluster(one, instances=4, router=jaxq.llm.Router("least-kv"))
+    result = jaxq.llm.simulate(cluster, WORKLOADS["azure-conversation"](rate=20.0), requests=4000)
+
+Instances may differ (`Cluster([a, b, c])`) in every number of an LLMSystem but the policy, the
+predictor and the seed, which belong to the requests; each may carry batch axes, and the
+instances' batch shapes broadcast together into the cluster's.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+from typing import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxq._checks import check_count
+from jaxq.llm.cluster import (ClusterState, Router, advance, has_work, init_cluster,
+                              route_arrivals)
+from jaxq.llm.engine import EngineSpec, EngineState
+from jaxq.llm.simulate import (_STREAM_REFINE, LLMSystem, _batch_shape, _check_fits, _requests,
+                               _summarise)
+from jaxq.simulate import _as_key, _replica_keys
+from jaxq.system import broadcast
+
+_STREAM_ROUTER = 3
+_SHARED = ("policy", "predictor", "seed", "preemption", "admission", "refine", "prefix_cache")
+
+
+class Cluster(eqx.Module):
+    """I LLM engine instances behind a router.
+
+    systems: one LLMSystem, copied `instances` times, or a sequence of them (one per instance).
+    router: a `Router` or a rule's name (round-robin, random, least-outstanding, least-kv,
+        least-predicted-work).
+    """
+
+    systems: tuple[LLMSystem, ...]
+    router: Router
+
+    def __init__(self, systems: LLMSystem | Sequence[LLMSystem], router: Router | str =
+                 "round-robin", *, instances: int | None = None):
+        if isinstance(systems, LLMSystem):
+            check_count("instances", 1 if instances is None else instances, 1)
+            systems = (systems,) * (1 if instances is None else int(instances))
+        else:
+            systems = tuple(systems)
+            if not systems:
+                raise ValueError("a Cluster needs at least one instance")
+            if instances is not None and instances != len(systems):
+                raise ValueError(f"instances ({instances}) must equal the number of systems "
+                                 f"given ({len(systems)}), or be left out")
+        for i, system in enumerate(systems):
+            if not isinstance(system, LLMSystem):
+                raise TypeError(f"instance {i} must be a jaxq.llm.LLMSystem, got "
+                                f"{type(system).__name__}")
+            for name in _SHARED:
+                if not _equal(getattr(system, name), getattr(systems[0], name)):
+                    raise ValueError(f"the instances of a Cluster must share {', '.join(_SHARED)}"
+                                     f" (they belong to the requests); instance {i}'s {name} "
+                                     f"differs from instance 0's")
+        self.systems = systems
+        self.router = Router(router) if isinstance(router, str) else router
+
+    @property
+    def instances(self) -> int:
+        return len(self.systems)
+
+
+def _equal(a, b) -> bool:
+    same = eqx.tree_equal(a, b)
+    return bool(np.all(np.asarray(same))) if not isinstance(same, bool) else same
+
+
+def _broadcast_to(system: LLMSystem, shape) -> LLMSystem:
+    """`system` with its batch axes broadcast to `shape` (which its own shape broadcasts to) and
+    flattened into one leading axis."""
+    own = _batch_shape(system)
+    grown = broadcast(system)  # every leaf: own + data axes
+
+    def leaf(x):
+        data = jnp.shape(x)[len(own):]
+        x = jnp.reshape(x, (1,) * (len(shape) - len(own)) + jnp.shape(x))
+        return jnp.reshape(jnp.broadcast_to(x, tuple(shape) + data), (-1,) + data)
+
+    return jax.tree_util.tree_map(leaf, grown)
+
+
+def simulate_cluster(cluster: Cluster, workload, n, is_trace, slots, replicas, warmup, ttft_slo,
+                     tpot_slo, key, steps_per_call, max_iterations, progress, start):
+    """jaxq.llm.simulate for a Cluster (arguments checked there)."""
+    try:
+        shape = tuple(np.broadcast_shapes(*[_batch_shape(s) for s in cluster.systems]))
+    except ValueError as err:
+        raise ValueError(f"the Cluster's instances' batch axes do not broadcast together: "
+                         f"{err}") from None
+    flat = [_broadcast_to(s, shape) for s in cluster.systems]
+    keys = _replica_keys(_as_key(key), flat[0].seed, replicas).reshape(-1)
+    per = [jax.tree_util.tree_map(lambda x: jnp.repeat(x, replicas, axis=0), s) for s in flat]
+    first = per[0]
+    reqs = _requests(first, workload, keys, n, is_trace)
+    for system in per:
+        _check_fits(system, reqs, workload if is_trace else None)
+    spec = EngineSpec(slots=slots, preemption=first.preemption, admission=first.admission,
+                      refine=first.refine, prefix_cache=first.prefix_cache)
+    params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs, axis=1),
+                                    *[s.params() for s in per])  # fields (B*R, I)
+    instances, router = cluster.instances, cluster.router
+    picks = router_picks(keys, n, router, instances)
+    refine_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_REFINE))(keys)
+    limit = (max_iterations if max_iterations is not None
+             else 20 * int(np.max(np.sum(np.asarray(reqs.prompt) + np.asarray(reqs.output),
+                                         axis=-1))) + 1000)
+    inputs = (params, first.policy, first.predictor, reqs, refine_keys, picks)
+    state = _init(spec, instances, reqs)
+    limit = jnp.asarray(limit, jnp.int32)
+    runs = keys.shape[0]
+    routed = 0
+    while routed < n:
+        count = min(steps_per_call, n - routed)
+        state = _route(spec, router, inputs, state, jnp.asarray(count, jnp.int32), limit)
+        routed += count
+        if progress is not None:
+            progress(int(jnp.sum(state.engines.totals.finished)), runs * n)
+    while True:
+        state = _drain(spec, inputs, state, limit, steps_per_call)
+        if progress is not None:
+            progress(int(jnp.sum(state.engines.totals.finished)), runs * n)
+        if not bool(_any_live(state, limit)):
+            break
+    merged, kv_use, swapped_bytes = _merge(state, per)
+    grid = lambda x: np.asarray(x).reshape(shape + (replicas,) + np.shape(x)[1:])  # noqa: E731
+    sent = grid(state.sent_to)
+    measured = sent[..., warmup:]
+    share = np.stack([np.mean(measured == i, axis=(-2, -1)) for i in range(instances)], axis=-1)
+    return _summarise(merged, reqs, shape, replicas, warmup, ttft_slo, tpot_slo,
+                      time.perf_counter() - start, kv_use, swapped_bytes, instance=sent,
+                      instance_share=share)
+
+
+def router_picks(keys, n, router: Router, instances: int) -> jax.Array:
+    """(runs, N, router.sampled) int32: the instances each request's router samples, drawn
+    uniformly from the run's own stream (keys: (runs,), one per configuration and replica)."""
+    return jax.vmap(lambda k: jax.random.randint(
+        jax.random.fold_in(k, _STREAM_ROUTER), (n, router.sampled), 0, instances,
+        dtype=jnp.int32))(keys)
+
+
+def _merge(state: ClusterState, per):
+    """One EngineState per run (B*R), as one engine's would read: per-request results from the
+    instance each request went to, counters summed (the peak and the clock: the greatest); and
+    each run's KV use (KV token-seconds over capacity-seconds busy) and bytes swapped."""
+    e = state.engines  # fields (B*R, I, ...)
+    sent = np.asarray(state.sent_to)[:, None, :]
+    pick = lambda x: np.take_along_axis(np.asarray(x), sent, axis=1)[:, 0]  # noqa: E731
+    t = jax.tree_util.tree_map(np.asarray, e.totals)
+    most = ("peak_kv_tokens", "elapsed")
+    totals = t._replace(**{name: (np.max if name in most else np.sum)(getattr(t, name), axis=1)
+                           for name in t._fields})
+    caps = np.stack([np.asarray(s.kv_capacity, np.float64) for s in per], axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        kv_use = np.sum(t.kv_token_seconds, axis=1) / np.sum(t.busy_time * caps, axis=1)
+    bytes_per = np.stack([np.asarray(s.kv_bytes_per_token) for s in per], axis=1)
+    swapped_bytes = np.sum(t.swapped_tokens * bytes_per, axis=1)
+    merged = EngineState(slots=None, next_arrival=None, until_next=None, host_blocks=None,
+                         ttft=pick(e.ttft), latency=pick(e.latency),
+                         preemptions=pick(e.preemptions), free_queue=None, totals=totals)
+    return merged, kv_use, swapped_bytes
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _init(spec, instances, reqs):
+    return jax.vmap(lambda r: init_cluster(spec, instances, r))(reqs)
+
+
+@partial(jax.jit, static_argnums=(0, 1), donate_argnums=3)
+def _route(spec, router, inputs, state, count, limit):
+    return route_arrivals(spec, router, inputs, state, count, limit)
+
+
+@partial(jax.jit, static_argnums=0, donate_argnums=2)
+def _drain(spec, inputs, state, limit, steps):
+    return advance(spec, inputs, state, limit, steps)
+
+
+@jax.jit
+def _any_live(state, limit):
+    return jnp.any(has_work(state.engines, state.inbox)
+                   & (state.engines.totals.iterations < limit))
