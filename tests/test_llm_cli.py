@@ -113,3 +113,44 @@ def test_needs_exactly_one_source(capsys, trace):
     assert code == 2 and "exactly one of --trace" in err
     code, _, err = run(capsys)
     assert code == 2 and "exactly one of --trace" in err
+
+
+def test_cluster_json_and_per_request(capsys, trace, tmp_path):
+    per_request = tmp_path / "out.csv"
+    code, out, err = run(capsys, "--trace", trace, "--instances", "2", "--router",
+                         "least-outstanding", "--per-request", str(per_request), "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["instances"] == 2 and r["router"] == "least-outstanding" and r["d"] is None
+    assert r["kv_capacity"] == [r["kv_capacity"][0]] * 2
+    rows = list(csv.DictReader(open(per_request)))
+    assert list(rows[0])[-1] == "instance"
+    sent = [int(row["instance"]) for row in rows]
+    # Request 0 finds both idle (ties: instance 0); request 1 arrives 0.5 s later, while
+    # request 0 is still there (30 output tokens), so it goes to instance 1.
+    assert sent[:2] == [0, 1]
+    assert r["instance_share"] == [sent.count(0) / 4, sent.count(1) / 4]
+
+
+def test_heterogeneous_cluster(capsys, trace):
+    code, out, err = run(capsys, "--trace", trace, "--instance-gpus", "rtx-4090,h100-sxm",
+                         "--router", "least-kv", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["instances"] == 2 and r["instance_gpus"] == "rtx-4090,h100-sxm"
+    assert r["kv_capacity"][1] > 2 * r["kv_capacity"][0]
+    assert r["iter_base"][0] != r["iter_base"][1]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--instances", "0"], "instances must be an integer >= 1"),
+    (["--instances", "2", "--router", "nearest"], "unknown router 'nearest'; valid: round-robin"),
+    (["--instances", "2", "--router", "round-robin", "--d", "2"], "d applies to least-"),
+    (["--instances", "2", "--router", "least-kv", "--d", "-1"], "d must be an integer >= 0"),
+    (["--instances", "3", "--instance-gpus", "rtx-4090,h100-sxm"], "--instances must equal"),
+    (["--instance-gpus", "rtx-4090,tpu-v9"], "unknown gpu 'tpu-v9'"),
+])
+def test_bad_cluster_options(capsys, trace, argv, needle):
+    code, _, err = run(capsys, "--trace", trace, *argv)
+    assert code == 2
+    assert needle in err

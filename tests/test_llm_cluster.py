@@ -134,3 +134,20 @@ def test_policies_match_cluster_reference(policy_name):
 def test_admission_matches_cluster_reference():
     _compare_with_reference("sprpt", Router("least-kv", d=2), "swap", 4, count=2,
                             admission="reserve-predicted")
+
+
+def test_results_do_not_depend_on_lanes_or_workers():
+    system = LLMSystem(jaxq.SPRPT(), jaxq.LognormalNoise(np.array([0.0, 0.5, 1.0])),
+                       **_config(0))
+    cluster = Cluster(system, Router("least-predicted-work", d=2), instances=2)
+    arrival, prompt, output, _ = _instance(1)
+    # No predictions in the trace: the predictor draws them, so the configurations differ.
+    trace = Trace(arrival_time=arrival, prompt_tokens=prompt, output_tokens=output,
+                  predicted_output_tokens=None, source="test")
+    runs = [simulate(cluster, trace, replicas=2, lanes=lanes, workers=workers)
+            for lanes, workers in ((4, 1), (1, 2))]  # 4: the last window is padded
+    for other in runs[1:]:
+        for name in ("latency", "ttft", "request_preemptions", "instance", "iterations"):
+            np.testing.assert_array_equal(getattr(other, name), getattr(runs[0], name))
+    assert runs[0].preemptions.sum() > 0
+    assert not np.array_equal(runs[0].latency[0], runs[0].latency[2])

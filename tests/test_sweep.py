@@ -175,6 +175,21 @@ def test_llm_rows_equal_the_single_command(tmp_path, capsys):
     assert row["kv_capacity"] == 20000 and row["iter_base"] == pytest.approx(single["iter_base"])
 
 
+def test_llm_cluster_rows_equal_the_single_command(tmp_path, capsys):
+    base = ["--workload", "azure-conversation", "--rate", "6", "--requests", "60",
+            "--slots", "64", "--kv-capacity", "20000", "--instances", "3"]
+    assert jaxq.cli.main(["sweep", "llm", *base, "--router", "round-robin,least-kv",
+                          "--out", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["configurations"] == 2 and summary["flagged"] == 0
+    row = _rows(str(tmp_path))[1]
+    assert row["router"] == "least-kv"
+    assert jaxq.cli.main(["llm", *base, "--router", "least-kv", "--json"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    for name in ("ttft_mean", "latency_p99", "preemptions", "completed", "peak_kv_tokens"):
+        assert row[name] == pytest.approx(single[name], rel=1e-12), name
+
+
 def test_experiment_file(tmp_path):
     path = tmp_path / "exp.toml"
     path.write_text(textwrap.dedent("""

@@ -264,7 +264,7 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     if isinstance(system, Cluster):
         result = simulate_cluster(system, workload, n, is_trace, slots, replicas, warmup,
                                   ttft_slo, tpot_slo, key, steps_per_call, max_iterations,
-                                  progress, start)
+                                  lanes, workers, progress, start)
         _report_problems(result, slots, on_overflow)
         return result
     shape = _batch_shape(system)
