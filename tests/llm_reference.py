@@ -1,7 +1,9 @@
 """Reference LLM engine: a slow, plain-Python, iteration-by-iteration simulator of the model in
 the "LLM engine model" text (continuous batching, chunked prefill, a hard KV-cache limit,
-preemption by recompute or swap, admission modes, prediction refinement), and of a cluster of
-such engines behind a router (`run_cluster_reference`).
+preemption by recompute or swap, admission modes, prediction refinement), of a cluster of such
+engines behind a router (`run_cluster_reference`), and of prefill/decode disaggregation: a pool of
+prefill instances handing requests over to a pool of decode instances
+(`run_disaggregated_reference`).
 
 The fast JAX engine is tested against this file request by request, so it is written to be checked
 by reading, not to be fast: one engine instance (`_Instance`) processes one iteration boundary at
@@ -106,6 +108,69 @@ Cluster (`run_cluster_reference`): I instances behind a router, each exactly the
     length N in which the requests it did not serve are None (first_token_time, finish_time and
     preemptions alike); its counters and log are its own. The cluster's counters are the sums
     over the instances, peak_kv_tokens the max over them.
+
+Disaggregation (`run_disaggregated_reference`): a prefill pool and a decode pool, each a cluster
+as above with its own router; a request is prefilled in the first, its KV moved, and decoded in
+the second.
+
+20. Prefill pool: requests arrive at their arrival times and are routed to a prefill instance
+    exactly as in a cluster (choices 15 to 18; prefill_picks[r] are request r's candidates).
+    Decode pool: the k-th request (0-based) to arrive there is routed with decode_picks[k] (not
+    by request index), and round-robin sends it to k mod I (the cluster's r mod I, r being the
+    arrival order there too). The predicted-work measure counts max(yhat - g, 1) for a pending
+    request, with its current g (1 for a transferred one); in a cluster every pending request
+    has g = 0, where this is the max(yhat, 1) of choice 17 (yhat - 0 == yhat exactly).
+    All the configs, of both pools, must agree on every field outside INSTANCE_FIELDS, and
+    every request must fit alone on every instance of both pools (_validate).
+21. A prefill instance (`_Instance(cfg, prefill_only=True)`) is the engine unchanged except that
+    a request leaves it at the end of the iteration that produces its first token: that time is
+    its first-token time; refinement still runs first if due at g = 1 (choice 12: a token was
+    produced and g < O), so the decode pool sees the refined prediction. It leaves exactly as a
+    finished request (choice 10: blocks freed at the end of the iteration, pushed untagged with
+    the prefix cache; listed in the log's "finished"; its finish time on that instance's own
+    ReferenceResult is the time it left). O is not changed: ranks reading O (sjf, srpt, ...)
+    see the true O. A request with O == 1 is done there: finish = first token; it never
+    reaches the decode pool.
+22. Transfer: a request with O >= 2 that leaves a prefill instance at h arrives at the decode
+    pool at h + P * transfer_per_token (computed as exactly that float expression), each
+    transfer on its own (no contention). It arrives there as a new request record with the
+    same global index, P, O and (possibly refined) yhat, g = 1, n = P, located LANDED (its KV
+    is neither on that GPU nor in its host memory), no first-token time, no preemptions, and
+    `arrival` = its decode-pool arrival (so its age there, choice 9, is its time at the decode
+    pool, and it is pending there until the boundary at or after that time, choice 14).
+23. Order of events. One event loop over both pools, on the one clock. The next event is the
+    least (time, kind, instance index) among: 0, routing the next request (by index) at the
+    prefill pool at its arrival; 1, a prefill instance's next boundary; 2, routing the next
+    transferred request at the decode pool, the least (decode arrival, index) among those
+    handed off so far; 3, a decode instance's next boundary. Every event creates only events
+    with a key not below its own (an iteration has dt >= 0 and a transfer takes >= 0), so this
+    is a simulation in time order, and: a request arriving at either pool at t is routed after
+    every instance of that pool has processed its boundaries strictly before t and before any
+    at t (choice 16, for each pool); every transfer arriving at t is known before the first
+    one at t is routed (it left at a prefill boundary at or before t: kind 1 before kind 2), so
+    ties at the decode pool go by index. Prefill instances never depend on the decode pool, so
+    this gives the same result as running the prefill pool to its end first, then the decode
+    pool on the transfers sorted by (decode arrival, index).
+24. A LANDED request at a decode instance's boundaries is a non-resident request with n = P:
+    u = P + g - n = 1, so q <= 1; the batch rule treats it as any non-resident request (D_i adds
+    blk(n + q); its whole known sequence blk(P + g) must fit; the admission reservation as for
+    any non-resident request). It is never preempted (it is not resident), holds no GPU or host
+    blocks, and counts neither in kv (choice 17) nor in the log's kv or host figures. It has no
+    cached prefix (choice 13 applies to NOWHERE requests only). When it is in the batch, its KV
+    is placed on the GPU at no cost: not a swap-in (no swap tokens, no swap cost, no host
+    blocks freed); with the prefix cache its blk(P + 1) blocks are popped from the front like
+    any new blocks of the batch. In the iteration's cost it is a decoding request (g >= 1 and
+    u == 1) attending n + q = P + 1 tokens. After it, it is RESIDENT, an ordinary request of
+    that instance: preempted by recompute it drops its n and recomputes P + g tokens there; by
+    swap it goes to that instance's host.
+25. First-token time: from the prefill instance; a decode instance never sets one (its requests
+    have g >= 1 from the start, and choice 11 sets it when g first becomes 1), so its own
+    ReferenceResult has None there for every request. Finish time: from the decode instance
+    (the prefill instance when O == 1). Preemptions: at the prefill instance plus at the decode
+    instance.
+26. Results: per request by global index (decode_instance, decode_arrival and decode_seen None
+    when O == 1); each pool's instances have their own ReferenceResults (choice 19); the totals
+    are sums over the instances of both pools, peak_kv_tokens the max over them.
 """
 
 from __future__ import annotations
@@ -130,6 +195,7 @@ INSTANCE_FIELDS = ("kv_capacity", "block_size", "max_seqs", "max_batched_tokens"
 NOWHERE = "nowhere"    # n == 0: new, or preempted by recompute
 RESIDENT = "resident"  # on the GPU
 SWAPPED = "swapped"    # in host memory
+LANDED = "landed"      # n == P, moved from a prefill instance, not placed yet (choice 24)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +234,8 @@ class ReferenceConfig:
 @dataclasses.dataclass
 class ReferenceResult:
     # Per request, by global index; in a cluster, None for the requests this instance did not
-    # serve (choice 19).
+    # serve (choice 19). On a prefill instance finish_time is when the request left it (its
+    # first-token time, choice 21); a decode instance has no first-token times (choice 25).
     first_token_time: list[float | None]  # absolute
     finish_time: list[float | None]       # absolute
     preemptions: list[int | None]
@@ -304,10 +371,12 @@ def _make_requests(arrival_time, prompt, output, prediction) -> list[_Request]:
 class _Instance:
     """One engine instance: its requests, its clock and its counters. `deliver` hands it a request
     as an arrival at the request's arrival time; `step` processes its next boundary and the
-    iteration that follows (choice 14)."""
+    iteration that follows (choice 14). With prefill_only, requests leave it with their first
+    token (choice 21)."""
 
-    def __init__(self, cfg: ReferenceConfig):
+    def __init__(self, cfg: ReferenceConfig, prefill_only: bool = False):
         self.cfg = cfg
+        self.prefill_only = prefill_only
         self.b = cfg.block_size
         self.C = cfg.kv_capacity // self.b           # GPU blocks
         self.C_host = cfg.host_capacity // self.b    # host blocks
@@ -356,7 +425,7 @@ class _Instance:
         for r in self.in_system:
             work += max(r.yhat - r.g, 1.0)
         for r in self.pending:
-            work += max(r.yhat, 1.0)
+            work += max(r.yhat - r.g, 1.0)  # g == 0 in a cluster: max(yhat, 1) (choice 20)
         return work
 
     def cached_prefix(self, r: _Request) -> int:
@@ -532,6 +601,12 @@ class _Instance:
                 elif cfg.refine_every > 0 and r.g % cfg.refine_every == 0:
                     M = float(cfg.refine_multiplier(r.index, r.g // cfg.refine_every))
                     r.yhat = r.g + (r.O - r.g) * M ** ((r.O - r.g) / r.O)
+                if self.prefill_only and r.g < r.O:
+                    # Its first token (prefill instances see g = 0 only): it leaves as a
+                    # finished request does, to the decode pool (choice 21).
+                    assert r.g == 1
+                    r.finish_time = end
+                    done.append(r)
         # The memory in use during the iteration: finishing requests still hold their KV.
         kv_tokens_during = sum(r.n for r in in_system if r.where == RESIDENT)
         for r in done:
@@ -624,14 +699,12 @@ class ClusterReferenceResult:
     peak_kv_tokens: int
 
 
-def run_cluster_reference(arrival_time, prompt, output, prediction,
-                          configs: list[ReferenceConfig], router: str,
-                          picks: list[list[int]] | None = None) -> ClusterReferenceResult:
-    """Instances configs[0..I-1] behind `router` (choices 15 to 19). picks[r]: request r's
-    candidate instances, used by "random" (picks[r][0]) and, when given, by the "least" rules."""
-    configs = list(configs)
+def _validate_pool(arrival_time, prompt, output, prediction, configs: list[ReferenceConfig],
+                   what: str = "a cluster") -> None:
+    """Choice 15 for one pool of instances: at least one, every request fits on each, and only
+    the fields of INSTANCE_FIELDS differ."""
     if not configs:
-        raise ValueError("a cluster needs at least one instance")
+        raise ValueError(f"{what} needs at least one instance")
     for cfg in configs:
         _validate(arrival_time, prompt, output, prediction, cfg)
     for field in dataclasses.fields(ReferenceConfig):
@@ -641,23 +714,59 @@ def run_cluster_reference(arrival_time, prompt, output, prediction,
             if getattr(cfg, field.name) != getattr(configs[0], field.name):
                 raise ValueError(f"instance {i}: {field.name} differs from instance 0's; only "
                                  f"{', '.join(INSTANCE_FIELDS)} may differ")
+
+
+def _validate_router(router: str, picks, I: int, lengths: tuple[int, ...],
+                     name: str = "picks") -> None:
+    """The router's name and its picks (choice 18): len(picks) must be one of `lengths`, each
+    entry a non-empty list of instances 0..I-1; "random" needs picks."""
     if router not in ROUTERS:
         raise ValueError(f"unknown router {router!r}")
-    N = len(arrival_time)
-    I = len(configs)
     if router == "random" and picks is None:
-        raise ValueError("router 'random' needs picks")
+        raise ValueError(f"router 'random' needs {name}")
     if picks is not None:
-        if len(picks) != N:
-            raise ValueError("picks needs one list of candidates per request")
+        if len(picks) not in lengths:
+            raise ValueError(f"{name} needs one list of candidates per request")
         for r, candidates in enumerate(picks):
             if len(candidates) < 1 or not all(0 <= int(k) < I for k in candidates):
-                raise ValueError(f"request {r}: picks must be instances 0..{I - 1}, at least one")
+                raise ValueError(f"request {r}: {name} must be instances 0..{I - 1}, at least "
+                                 "one")
+
+
+_MEASURES = {"least-outstanding": _Instance.outstanding, "least-kv": _Instance.kv_load,
+             "least-predicted-work": _Instance.predicted_work}
+
+
+def _route(router: str, instances: list[_Instance], k: int, candidates) -> tuple[int, list | None]:
+    """(instance, measures seen) for the k-th request routed by this pool, with candidates its
+    picks entry or None (choices 17 and 18)."""
+    I = len(instances)
+    if router == "round-robin":
+        return k % I, None
+    if router == "random":
+        return int(candidates[0]), None
+    measure = _MEASURES[router]
+    values = [measure(inst) for inst in instances]
+    candidates = [int(c) for c in candidates] if candidates is not None else list(range(I))
+    best = candidates[0]
+    for c in candidates[1:]:
+        if values[c] < values[best]:
+            best = c
+    return best, values
+
+
+def run_cluster_reference(arrival_time, prompt, output, prediction,
+                          configs: list[ReferenceConfig], router: str,
+                          picks: list[list[int]] | None = None) -> ClusterReferenceResult:
+    """Instances configs[0..I-1] behind `router` (choices 15 to 19). picks[r]: request r's
+    candidate instances, used by "random" (picks[r][0]) and, when given, by the "least" rules."""
+    configs = list(configs)
+    _validate_pool(arrival_time, prompt, output, prediction, configs)
+    N = len(arrival_time)
+    _validate_router(router, picks, len(configs), (N,))
 
     requests = _make_requests(arrival_time, prompt, output, prediction)
     instances = [_Instance(cfg) for cfg in configs]
-    measure = {"least-outstanding": _Instance.outstanding, "least-kv": _Instance.kv_load,
-               "least-predicted-work": _Instance.predicted_work}.get(router)
     routed_to: list[int] = []
     seen: list[list | None] = []
 
@@ -671,18 +780,8 @@ def run_cluster_reference(arrival_time, prompt, output, prediction,
         while (inst := earliest()).next_boundary() < r.arrival:
             inst.step()
         # Route (choices 17 and 18).
-        if router == "round-robin":
-            k, values = r.index % I, None
-        elif router == "random":
-            k, values = int(picks[r.index][0]), None
-        else:
-            values = [measure(inst) for inst in instances]
-            candidates = ([int(c) for c in picks[r.index]] if picks is not None
-                          else list(range(I)))
-            k = candidates[0]
-            for c in candidates[1:]:
-                if values[c] < values[k]:
-                    k = c
+        k, values = _route(router, instances, r.index,
+                           picks[r.index] if picks is not None else None)
         routed_to.append(k)
         seen.append(values)
         instances[k].deliver(r)
@@ -698,6 +797,158 @@ def run_cluster_reference(arrival_time, prompt, output, prediction,
         instance=routed_to,
         seen=seen,
         instances=results,
+        iterations=sum(res.iterations for res in results),
+        total_preemptions=sum(res.total_preemptions for res in results),
+        recomputed_tokens=sum(res.recomputed_tokens for res in results),
+        swapped_tokens=sum(res.swapped_tokens for res in results),
+        prefix_hit_tokens=sum(res.prefix_hit_tokens for res in results),
+        peak_kv_tokens=max((res.peak_kv_tokens for res in results), default=0),
+    )
+
+
+@dataclasses.dataclass
+class DisaggregatedReferenceResult:
+    # Per request, by global index (choices 25 and 26):
+    first_token_time: list[float]          # absolute, from the prefill instance
+    finish_time: list[float]               # absolute, from the decode instance (O == 1: prefill)
+    preemptions: list[int]                 # at the prefill instance + at the decode instance
+    prefill_instance: list[int]            # the prefill instance the prefill router chose
+    decode_instance: list[int | None]      # the decode instance; None when O == 1
+    decode_arrival: list[float | None]     # first_token_time + P * transfer_per_token, or None
+    # What each router saw (as ClusterReferenceResult.seen); decode_seen is by request index too,
+    # None when O == 1.
+    prefill_seen: list[list | None]
+    decode_seen: list[list | None]
+    decode_order: list[int]  # request indices in the order they reached the decode pool (k)
+    prefill_instances: list[ReferenceResult]  # each instance's own result (choices 19, 21, 25)
+    decode_instances: list[ReferenceResult]
+    # Totals over the instances of both pools (sums; peak_kv_tokens is the max):
+    iterations: int
+    total_preemptions: int
+    recomputed_tokens: int
+    swapped_tokens: int
+    prefix_hit_tokens: int
+    peak_kv_tokens: int
+
+
+def run_disaggregated_reference(arrival_time, prompt, output, prediction,
+                                prefill_configs: list[ReferenceConfig],
+                                decode_configs: list[ReferenceConfig],
+                                prefill_router: str, decode_router: str,
+                                transfer_per_token: float,
+                                prefill_picks: list[list[int]] | None = None,
+                                decode_picks: list[list[int]] | None = None
+                                ) -> DisaggregatedReferenceResult:
+    """A prefill pool (prefill_configs behind prefill_router) handing each request with O >= 2,
+    when its first token is produced, to a decode pool (decode_configs behind decode_router);
+    the move of its KV takes P * transfer_per_token seconds (choices 20 to 26).
+    prefill_picks[r]: request r's candidate prefill instances (as picks in
+    run_cluster_reference); decode_picks[k]: the candidate decode instances of the k-th request
+    to reach the decode pool, of length K (the number of requests with O >= 2) or N (then only
+    its first K entries are used)."""
+    prefill_configs = list(prefill_configs)
+    decode_configs = list(decode_configs)
+    _validate_pool(arrival_time, prompt, output, prediction, prefill_configs, "the prefill pool")
+    _validate_pool(arrival_time, prompt, output, prediction, decode_configs, "the decode pool")
+    # Both pools run the same engine (choice 20).
+    for field in dataclasses.fields(ReferenceConfig):
+        if field.name in INSTANCE_FIELDS:
+            continue
+        for i, cfg in enumerate(decode_configs):
+            if getattr(cfg, field.name) != getattr(prefill_configs[0], field.name):
+                raise ValueError(f"decode instance {i}: {field.name} differs from prefill "
+                                 f"instance 0's; only {', '.join(INSTANCE_FIELDS)} may differ")
+    if not (transfer_per_token >= 0 and math.isfinite(transfer_per_token)):
+        raise ValueError("transfer_per_token must be finite and >= 0")
+    N = len(arrival_time)
+    K = sum(1 for o in output if int(o) >= 2)
+    _validate_router(prefill_router, prefill_picks, len(prefill_configs), (N,), "prefill_picks")
+    _validate_router(decode_router, decode_picks, len(decode_configs), (K, N), "decode_picks")
+
+    requests = _make_requests(arrival_time, prompt, output, prediction)  # the prefill records
+    prefill = [_Instance(cfg, prefill_only=True) for cfg in prefill_configs]
+    decode = [_Instance(cfg) for cfg in decode_configs]
+    landed: dict[int, _Request] = {}        # the decode records, by index
+    prefill_instance: list[int] = []
+    prefill_seen: list[list | None] = []
+    decode_instance: list[int | None] = [None] * N
+    decode_seen: list[list | None] = [None] * N
+    decode_order: list[int] = []
+    transfers: list[tuple[float, int]] = []  # (decode arrival, index), handed off, not routed
+    last_key = (-math.inf, 0, 0)
+
+    def next_event() -> tuple:
+        """The least (time, kind, instance) of choice 23, or None when nothing is left."""
+        events = []
+        if len(prefill_instance) < N:
+            events.append((requests[len(prefill_instance)].arrival, 0, 0))
+        events += [(inst.next_boundary(), 1, i) for i, inst in enumerate(prefill)]
+        if transfers:
+            events.append((min(transfers)[0], 2, 0))
+        events += [(inst.next_boundary(), 3, i) for i, inst in enumerate(decode)]
+        key = min(events)
+        return key if key[0] < math.inf else None
+
+    while (key := next_event()) is not None:
+        assert key >= last_key, "events are processed in time order (choice 23)"
+        last_key = key
+        t, kind, i = key
+        if kind == 0:
+            # A request arrives at the prefill pool (choice 20; as in a cluster, choice 16).
+            r = requests[len(prefill_instance)]
+            k, values = _route(prefill_router, prefill, r.index,
+                               prefill_picks[r.index] if prefill_picks is not None else None)
+            prefill_instance.append(k)
+            prefill_seen.append(values)
+            prefill[k].deliver(r)
+        elif kind == 1:
+            prefill[i].step()
+            # The requests that left with their first token and have more to produce are handed
+            # off (choices 21 and 22).
+            for index in prefill[i].log[-1]["finished"]:
+                r = requests[index]
+                if r.O >= 2:
+                    transfers.append((r.first_token_time + r.P * transfer_per_token, index))
+        elif kind == 2:
+            # The earliest transfer, ties by index, arrives at the decode pool (choice 22).
+            arrival, index = min(transfers)
+            transfers.remove((arrival, index))
+            r = requests[index]
+            d = _Request(index=index, arrival=arrival, P=r.P, O=r.O, yhat=r.yhat, g=1, n=r.P,
+                         where=LANDED)
+            k = len(decode_order)
+            choice, values = _route(decode_router, decode, k,
+                                    decode_picks[k] if decode_picks is not None else None)
+            landed[index] = d
+            decode_instance[index] = choice
+            decode_seen[index] = values
+            decode_order.append(index)
+            decode[choice].deliver(d)
+        else:
+            decode[i].step()
+
+    assert len(prefill_instance) == N and len(decode_order) == K and not transfers
+    assert all(r.finish_time is not None for r in requests)
+    assert all(d.finish_time is not None and d.first_token_time is None
+               for d in landed.values())
+    prefill_results = [inst.result(N) for inst in prefill]
+    decode_results = [inst.result(N) for inst in decode]
+    results = prefill_results + decode_results
+    finish_time = [landed[r.index].finish_time if r.index in landed else r.finish_time
+                   for r in requests]
+    return DisaggregatedReferenceResult(
+        first_token_time=[r.first_token_time for r in requests],
+        finish_time=finish_time,
+        preemptions=[r.preemptions + (landed[r.index].preemptions if r.index in landed else 0)
+                     for r in requests],
+        prefill_instance=prefill_instance,
+        decode_instance=decode_instance,
+        decode_arrival=[landed[i].arrival if i in landed else None for i in range(N)],
+        prefill_seen=prefill_seen,
+        decode_seen=decode_seen,
+        decode_order=decode_order,
+        prefill_instances=prefill_results,
+        decode_instances=decode_results,
         iterations=sum(res.iterations for res in results),
         total_preemptions=sum(res.total_preemptions for res in results),
         recomputed_tokens=sum(res.recomputed_tokens for res in results),

@@ -154,3 +154,34 @@ def test_bad_cluster_options(capsys, trace, argv, needle):
     code, _, err = run(capsys, "--trace", trace, *argv)
     assert code == 2
     assert needle in err
+
+
+def test_disaggregated_json(capsys, trace):
+    code, out, err = run(capsys, "--trace", trace, "--prefill-instances", "1",
+                         "--decode-instances", "2", "--decode-gpu", "h100-sxm",
+                         "--kv-link-bandwidth", "25", "--decode-router", "least-kv", "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    assert (r["prefill_instances"], r["decode_instances"]) == (1, 2)
+    assert r["router"] == "round-robin" and r["decode_router"] == "least-kv"
+    assert r["kv_link_bandwidth"] == 25.0 and r["decode_gpu"] == "h100-sxm"
+    assert r["kv_capacity"][1] == r["kv_capacity"][2] > r["kv_capacity"][0]
+    # The prefill instance served every request; each decode instance some of them.
+    assert r["instance_share"][0] == 1.0 and sum(r["instance_share"][1:]) == 1.0
+    assert r["completed"] == 4
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--prefill-instances", "1"], "decode_instances must be an integer >= 1"),
+    (["--prefill-instances", "1", "--decode-instances", "1", "--instances", "3"],
+     "--instances (3) must equal --prefill-instances + --decode-instances (2)"),
+    (["--prefill-instances", "1", "--decode-instances", "1", "--kv-link-bandwidth", "0"],
+     "kv_link_bandwidth must be > 0"),
+    (["--kv-link-bandwidth", "25"], "--kv-link-bandwidth applies to disaggregation"),
+    (["--prefill-instances", "1", "--decode-instances", "1", "--refine-every", "8"],
+     "refine=True is not supported with disaggregation"),
+])
+def test_bad_disaggregation_options(capsys, trace, argv, needle):
+    code, _, err = run(capsys, "--trace", trace, *argv)
+    assert code == 2
+    assert needle in err

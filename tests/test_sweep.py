@@ -190,6 +190,23 @@ def test_llm_cluster_rows_equal_the_single_command(tmp_path, capsys):
         assert row[name] == pytest.approx(single[name], rel=1e-12), name
 
 
+def test_llm_disaggregated_rows_equal_the_single_command(tmp_path, capsys):
+    # The link's bandwidth is a traced number: both points run in one stacked call.
+    base = ["--workload", "azure-conversation", "--rate", "3", "--requests", "40",
+            "--slots", "64", "--kv-capacity", "20000", "--prefill-instances", "1",
+            "--decode-instances", "2"]
+    assert jaxq.cli.main(["sweep", "llm", *base, "--kv-link-bandwidth", "0.05,25",
+                          "--out", str(tmp_path), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["configurations"] == 2 and summary["flagged"] == 0
+    rows = _rows(str(tmp_path))
+    assert rows[0]["latency_mean"] > rows[1]["latency_mean"]  # 2.6 ms against 5 us per token
+    assert jaxq.cli.main(["llm", *base, "--kv-link-bandwidth", "0.05", "--json"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    for name in ("ttft_mean", "latency_p99", "preemptions", "completed", "peak_kv_tokens"):
+        assert rows[0][name] == pytest.approx(single[name], rel=1e-12), name
+
+
 def test_experiment_file(tmp_path):
     path = tmp_path / "exp.toml"
     path.write_text(textwrap.dedent("""

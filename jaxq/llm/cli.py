@@ -96,6 +96,17 @@ def add_llm_options(p):
     k.add_argument("--instance-gpus", default=None, metavar="GPU,GPU,...",
                    help="one GPU preset per instance (heterogeneous instances; their costs "
                         "and KV capacity from the roofline with --model)")
+    d = p.add_argument_group("prefill/decode disaggregation (two pools joined by a KV link)")
+    d.add_argument("--prefill-instances", type=int, default=0,
+                   help="prefill pool size (with --decode-instances; --router routes to it; "
+                        "default 0: no disaggregation)")
+    d.add_argument("--decode-instances", type=int, default=0, help="decode pool size")
+    d.add_argument("--decode-router", default=None,
+                   help="the decode pool's router (default: --router; --d applies to both)")
+    d.add_argument("--kv-link-bandwidth", type=float, default=math.inf,
+                   help="GB/s of the link a request's prompt KV crosses (default: inf, free)")
+    d.add_argument("--prefill-gpu", default=None, help="the prefill pool's GPU (default: --gpu)")
+    d.add_argument("--decode-gpu", default=None, help="the decode pool's GPU (default: --gpu)")
     r = p.add_argument_group("run")
     r.add_argument("--replicas", type=int, default=1)
     r.add_argument("--seed", type=int, default=0,
@@ -133,6 +144,11 @@ def build_llm_system(args):
         workload = WORKLOADS[args.workload](**rate, max_tokens=args.max_model_len)
     check_choice("predictor", args.predictor, PREDICTOR_NAMES)
     policy, predictor = build_policy(args, LLM_POLICY_NAMES, LINEAR_WEIGHTS), build_predictor(args)
+    if args.prefill_instances or args.decode_instances:
+        return _disaggregated(args, policy, predictor), workload
+    if args.kv_link_bandwidth != math.inf:
+        raise ValueError("--kv-link-bandwidth applies to disaggregation: give "
+                         "--prefill-instances and --decode-instances too")
     if args.instances is None and args.instance_gpus is None:
         return _instance(args, args.gpu, policy, predictor), workload
     gpus = [args.gpu] if args.instance_gpus is None else args.instance_gpus.split(",")
@@ -145,6 +161,30 @@ def build_llm_system(args):
     check_count("d", args.d, 0)
     router = Router(args.router, args.d or None)
     return Cluster(systems * (count // len(systems)), router), workload
+
+
+def _disaggregated(args, policy, predictor):
+    from jaxq._checks import check_count
+    from jaxq.llm.cluster import Router
+    from jaxq.llm.simulate_disaggregated import Disaggregated
+
+    check_count("prefill_instances", args.prefill_instances, 1)
+    check_count("decode_instances", args.decode_instances, 1)
+    if args.instance_gpus is not None:
+        raise ValueError("--instance-gpus describes colocated instances; with "
+                         "--prefill-instances use --prefill-gpu and --decode-gpu")
+    total = args.prefill_instances + args.decode_instances
+    if args.instances is not None and args.instances != total:
+        raise ValueError(f"--instances ({args.instances}) must equal --prefill-instances + "
+                         f"--decode-instances ({total}), or be left out")
+    check_count("d", args.d, 0)
+    prefill = _instance(args, args.prefill_gpu or args.gpu, policy, predictor)
+    decode = _instance(args, args.decode_gpu or args.gpu, policy, predictor)
+    return Disaggregated(prefill, decode, prefill_instances=args.prefill_instances,
+                         decode_instances=args.decode_instances,
+                         router=Router(args.router, args.d or None),
+                         decode_router=Router(args.decode_router or args.router, args.d or None),
+                         kv_link_bandwidth=args.kv_link_bandwidth)
 
 
 def _instance(args, gpu, policy, predictor):
@@ -172,6 +212,7 @@ def _instance(args, gpu, policy, predictor):
 def cmd_llm(args) -> dict:
     from jaxq.llm.simulate import simulate
     from jaxq.llm.simulate_cluster import Cluster
+    from jaxq.llm.simulate_disaggregated import Disaggregated
     from jaxq.llm.workloads import Trace
 
     system, workload = build_llm_system(args)
@@ -190,12 +231,21 @@ def cmd_llm(args) -> dict:
         _write_per_request(args.per_request, result, arrival)
     out = {"policy": args.policy, "predictor": args.predictor, "preemption": args.preemption,
            "admission": args.admission, "prefix_cache": args.prefix_cache}
-    if isinstance(system, Cluster):
-        out.update(instances=system.instances, router=args.router, d=args.d or None,
-                   instance_gpus=args.instance_gpus)
-        out["kv_capacity"] = [int(s.kv_capacity) for s in system.systems]
-        out.update({name: [float(getattr(s, name)) for s in system.systems]
-                    for name in _COST_OPTIONS})
+    if isinstance(system, (Cluster, Disaggregated)):
+        if isinstance(system, Cluster):
+            systems = system.systems
+            out.update(instances=system.instances, router=args.router, d=args.d or None,
+                       instance_gpus=args.instance_gpus)
+        else:
+            systems = system.prefill + system.decode
+            out.update(prefill_instances=len(system.prefill),
+                       decode_instances=len(system.decode), router=args.router,
+                       decode_router=args.decode_router or args.router, d=args.d or None,
+                       kv_link_bandwidth=args.kv_link_bandwidth,
+                       prefill_gpu=args.prefill_gpu or args.gpu,
+                       decode_gpu=args.decode_gpu or args.gpu)
+        out["kv_capacity"] = [int(s.kv_capacity) for s in systems]
+        out.update({name: [float(getattr(s, name)) for s in systems] for name in _COST_OPTIONS})
         out["instance_share"] = result.instance_share.tolist()
     else:
         out["kv_capacity"] = int(system.kv_capacity)

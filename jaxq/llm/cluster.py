@@ -66,6 +66,20 @@ class Router(eqx.Module):
         return 1 if self.rule == "random" else (self.d or 0)
 
 
+class ClusterInputs(NamedTuple):
+    """What a batch of clusters runs on (one configuration's shapes shown; jaxq.llm.simulate
+    stacks B of them on a leading axis)."""
+
+    params: EngineParams  # every field (I,): one per instance
+    policy: Policy
+    predictor: Predictor
+    requests: Requests  # (N,) fields by request id, but gap in arrival order: gap[k] is the time
+    #   from the (k-1)-th arrival to the k-th (inf: the k-th and later never arrive)
+    key: jax.Array  # the refinement stream
+    picks: jax.Array  # (N, Router.sampled) int32: the instances the k-th arrival's router samples
+    order: jax.Array | None  # (N,) int32, the id of the k-th arrival (None: ids are the order)
+
+
 class Inbox(NamedTuple):
     """The requests routed to one instance, in the order they were routed (N = all requests)."""
 
@@ -121,12 +135,11 @@ def _instance_steps(spec: EngineSpec, p: EngineParams, policy: Policy, predictor
     return engine, to_arrival - seconds
 
 
-def advance(spec: EngineSpec, inputs, state: ClusterState, max_iterations, max_steps=None
-            ) -> ClusterState:
+def advance(spec: EngineSpec, inputs: ClusterInputs, state: ClusterState, max_iterations,
+            max_steps=None) -> ClusterState:
     """A batch of clusters (every field with a leading axis (B,)), every instance brought to
     its first boundary at or after the next arrival (after the last one: to its end), or to
     `max_iterations` iterations; at most `max_steps` loop steps when given."""
-    params, policy, predictor, requests, keys, _ = inputs
 
     def live(st):
         return (has_work(st.engines, st.inbox) & (st.to_arrival > 0)
@@ -146,16 +159,17 @@ def advance(spec: EngineSpec, inputs, state: ClusterState, max_iterations, max_s
 
     def body(carry):
         i, st = carry
-        engines, to_arrival = every(params, policy, predictor, requests, keys, st.inbox,
-                                    st.engines, st.to_arrival, live(st))
+        engines, to_arrival = every(inputs.params, inputs.policy, inputs.predictor,
+                                    inputs.requests, inputs.key, st.inbox, st.engines,
+                                    st.to_arrival, live(st))
         return i + 1, st._replace(engines=engines, to_arrival=to_arrival)
 
     return lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))[1]
 
 
 def measure(router: Router, spec: EngineSpec, p: EngineParams, engine: EngineState,
-            inbox: Inbox, prediction) -> jax.Array:
-    """What `router` compares one instance by (prediction: (N,) the cluster's requests')."""
+            inbox: Inbox, requests: Requests) -> jax.Array:
+    """What `router` compares one instance by (requests: the cluster's, by id)."""
     s = engine.slots
     pending = inbox.routed - engine.next_arrival
     if router.rule == "least-outstanding":
@@ -168,7 +182,9 @@ def measure(router: Router, spec: EngineSpec, p: EngineParams, engine: EngineSta
     left = jnp.maximum(s.prediction - s.generated, 1.0)
     window = engine.next_arrival + jnp.arange(spec.slots)
     ids = inbox.ids[jnp.minimum(window, inbox.ids.shape[0] - 1)]
-    waiting = jnp.where(window < inbox.routed, jnp.maximum(prediction[ids], 1.0), 0.0)
+    generated = 0 if requests.transferred is None else requests.transferred[ids]
+    waiting = jnp.where(window < inbox.routed,
+                        jnp.maximum(requests.prediction[ids] - generated, 1.0), 0.0)
     return jnp.sum(jnp.where(s.active, left, 0.0)) + jnp.sum(waiting)
 
 
@@ -184,43 +200,50 @@ def choose(router: Router, measures, picks, r) -> jax.Array:
     return picks[jnp.argmin(measures[picks])]
 
 
-def route(spec: EngineSpec, router: Router, params: EngineParams, requests: Requests, picks,
-          state: ClusterState) -> ClusterState:
-    """One configuration: send the next request to an instance and move the clocks on to the
-    arrival after it (params: (I,) fields; picks: (N, router.sampled))."""
+def route(spec: EngineSpec, router: Router, inputs: ClusterInputs, state: ClusterState
+          ) -> ClusterState:
+    """One configuration: send the next arrival to an instance and move the clocks on to the
+    arrival after it; nothing is sent when it never arrives (gap inf)."""
     r = state.arrived
+    requests = inputs.requests
+    n = requests.gap.shape[0]
+    request = r if inputs.order is None else inputs.order[r]
     if router.rule in _MEASURED:
-        measures = jax.vmap(lambda p, e, i: measure(router, spec, p, e, i, requests.prediction))(
-            params, state.engines, state.inbox)
+        measures = jax.vmap(lambda p, e, i: measure(router, spec, p, e, i, requests))(
+            inputs.params, state.engines, state.inbox)
     else:
         measures = jnp.zeros(state.to_arrival.shape)
-    j = choose(router, measures, picks[r], r)
+    instances = state.to_arrival.shape[0]
+    j = jnp.where(jnp.isfinite(requests.gap[r]), choose(router, measures, inputs.picks[r], r),
+                  instances)  # out of range: every scatter below drops
     e, inbox = state.engines, state.inbox
-    k = inbox.routed[j]
+    k = inbox.routed[jnp.minimum(j, instances - 1)]
     # With none waiting to enter, the instance's next arrival is this one, at to_arrival[j]
     # from its clock; otherwise the gaps after the first waiting one place it.
-    first = e.next_arrival[j] == k
-    until_next = e.until_next.at[j].set(jnp.where(first, state.to_arrival[j], e.until_next[j]))
-    inbox = Inbox(ids=inbox.ids.at[j, k].set(r),
-                  gap=inbox.gap.at[j, k].set(state.since_routed[j]),
-                  routed=inbox.routed.at[j].add(1))
-    n = requests.gap.shape[0]
+    first = e.next_arrival[jnp.minimum(j, instances - 1)] == k
+    until_next = e.until_next.at[j].set(
+        jnp.where(first, state.to_arrival[jnp.minimum(j, instances - 1)],
+                  e.until_next[jnp.minimum(j, instances - 1)]), mode="drop")
+    inbox = Inbox(ids=inbox.ids.at[j, k].set(request, mode="drop"),
+                  gap=inbox.gap.at[j, k].set(state.since_routed[jnp.minimum(j, instances - 1)],
+                                             mode="drop"),
+                  routed=inbox.routed.at[j].add(1, mode="drop"))
     gap = jnp.where(r + 1 < n, requests.gap[jnp.minimum(r + 1, n - 1)], jnp.inf)
-    since = state.since_routed.at[j].set(0.0)
+    since = state.since_routed.at[j].set(0.0, mode="drop")
+    sent_to = state.sent_to.at[jnp.where(j < instances, request, n)].set(j, mode="drop")
     return state._replace(engines=e._replace(until_next=until_next), inbox=inbox,
                           to_arrival=state.to_arrival + gap, since_routed=since + gap,
-                          arrived=r + 1, sent_to=state.sent_to.at[r].set(j))
+                          arrived=r + 1, sent_to=sent_to)
 
 
-def route_arrivals(spec: EngineSpec, router: Router, inputs, state: ClusterState, count,
-                   max_iterations) -> ClusterState:
+def route_arrivals(spec: EngineSpec, router: Router, inputs: ClusterInputs,
+                   state: ClusterState, count, max_iterations) -> ClusterState:
     """A batch of clusters: `count` more arrivals, each routed after every instance has been
     brought up to it."""
-    params, _, _, requests, _, picks = inputs
-    route_all = jax.vmap(lambda p, req, pk, st: route(spec, router, p, req, pk, st))
+    route_all = jax.vmap(lambda inp, st: route(spec, router, inp, st))
 
     def one(_, st):
         st = advance(spec, inputs, st, max_iterations)
-        return route_all(params, requests, picks, st)
+        return route_all(inputs, st)
 
     return lax.fori_loop(0, count, one, state)

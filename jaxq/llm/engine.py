@@ -44,6 +44,7 @@ class EngineSpec(NamedTuple):
     admission: str  # "optimistic", "reserve-predicted" or "reserve-max"
     refine: bool  # redraw predictions every `refine_every` tokens
     prefix_cache: bool = False  # KV dropped by recompute stays cached until its blocks are reused
+    prefill_only: bool = False  # a request leaves at its first token (a disaggregated prefill)
 
 
 class EngineParams(eqx.Module):
@@ -70,6 +71,9 @@ class Requests(NamedTuple):
     prompt: jax.Array  # (N,) int32, P >= 1
     output: jax.Array  # (N,) int32, true output length O >= 1
     prediction: jax.Array  # (N,) float > 0, predicted output length
+    # (N,) bool or None: prefilled elsewhere (a disaggregated decode instance's arrivals); such
+    # a request arrives with its first token (g = 1) and its prompt's KV, not yet on this GPU.
+    transferred: jax.Array | None = None
 
 
 class Slots(NamedTuple):
@@ -82,7 +86,9 @@ class Slots(NamedTuple):
     prediction: jax.Array  # float, current predicted output length (total, not remaining)
     generated: jax.Array  # int32, g: output tokens produced
     kv: jax.Array  # int32, n: tokens whose KV the request holds (on GPU or host)
-    resident: jax.Array  # bool, its KV is on the GPU (False with n > 0: swapped to host)
+    resident: jax.Array  # bool, its KV is on the GPU (False with n > 0: swapped to host, or
+    #   landed)
+    landed: jax.Array  # bool, its KV came over the link and waits, off the GPU and the host
     age: jax.Array  # float, time since arrival
     preemptions: jax.Array  # int32
 
@@ -127,6 +133,9 @@ class EngineState(NamedTuple):
     ttft: jax.Array  # (N,) float, time to first token per request (NaN until produced)
     latency: jax.Array  # (N,) float, end-to-end latency per request (NaN until finished)
     preemptions: jax.Array  # (N,) int32, per request (set when it finishes)
+    # (N,) int32 with prefill_only ((0,) otherwise): the iteration that produced each request's
+    # first token, counted from 1 (0 until then); handoffs with equal counts left together.
+    handoff_iteration: jax.Array
     free_queue: FreeQueue
     totals: Totals
 
@@ -137,7 +146,8 @@ def init_state(spec: EngineSpec, requests: Requests) -> EngineState:
     zi = jnp.zeros((k,), jnp.int32)
     slots = Slots(active=jnp.zeros((k,), bool), index=zi, prompt=zi, output=zi,
                   prediction=jnp.zeros((k,), ftype), generated=zi, kv=zi,
-                  resident=jnp.zeros((k,), bool), age=jnp.zeros((k,), ftype), preemptions=zi)
+                  resident=jnp.zeros((k,), bool), landed=jnp.zeros((k,), bool),
+                  age=jnp.zeros((k,), ftype), preemptions=zi)
     i0, f0 = jnp.zeros((), jnp.int32), jnp.zeros((), ftype)
     totals = Totals(iterations=i0, boundaries=i0, busy_time=f0, elapsed=f0, preemptions=i0,
                     recomputed_tokens=i0, swapped_tokens=i0, peak_kv_tokens=i0,
@@ -149,7 +159,9 @@ def init_state(spec: EngineSpec, requests: Requests) -> EngineState:
     return EngineState(slots=slots, next_arrival=i0, until_next=requests.gap[0],
                        host_blocks=i0, ttft=jnp.full((n,), jnp.nan, ftype),
                        latency=jnp.full((n,), jnp.nan, ftype),
-                       preemptions=jnp.zeros((n,), jnp.int32), free_queue=queue, totals=totals)
+                       preemptions=jnp.zeros((n,), jnp.int32),
+                       handoff_iteration=jnp.zeros((n if spec.prefill_only else 0,), jnp.int32),
+                       free_queue=queue, totals=totals)
 
 
 def done(state: EngineState, requests: Requests) -> jax.Array:
@@ -181,15 +193,20 @@ def _admit(spec, requests, state, age, until_next, live, ids):
     if ids is not None:
         request = ids[request]
     zero = jnp.zeros_like(s.generated)
+    if requests.transferred is None:
+        landed = jnp.zeros_like(take)
+    else:
+        landed = take & requests.transferred[request]
     slots = Slots(
         active=s.active | take,
         index=jnp.where(take, request, s.index),
         prompt=jnp.where(take, requests.prompt[request], s.prompt),
         output=jnp.where(take, requests.output[request], s.output),
         prediction=jnp.where(take, requests.prediction[request], s.prediction),
-        generated=jnp.where(take, zero, s.generated),
-        kv=jnp.where(take, zero, s.kv),
+        generated=jnp.where(take, landed.astype(zero.dtype), s.generated),
+        kv=jnp.where(landed, requests.prompt[request], jnp.where(take, zero, s.kv)),
         resident=s.resident & ~take,
+        landed=jnp.where(take, landed, s.landed),
         age=jnp.where(take, -rel[jnp.clip(free_rank, 0, k)], age),
         preemptions=jnp.where(take, zero, s.preemptions))
     next_arrival = state.next_arrival + n_admit
@@ -371,7 +388,8 @@ def timed_step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Pre
 
     n, g = s.kv + hit * b, s.generated
     u = s.prompt + g - n
-    swap_in = batch.scheduled & ~s.resident & (s.kv > 0)
+    # A landed request's KV is placed at no cost: it is not a swap-in.
+    swap_in = batch.scheduled & ~s.resident & (s.kv > 0) & ~s.landed
     decoding = batch.scheduled & (g >= 1) & (u == 1)
     f = s.age.dtype
     prefill_tokens = jnp.sum(jnp.where(batch.scheduled & ~decoding, batch.tokens, 0))
@@ -398,7 +416,7 @@ def timed_step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Pre
     produced = batch.scheduled & (kv == s.prompt + g)
     generated = g + produced
     first = produced & (g == 0)
-    leaving = produced & (generated == s.output)
+    leaving = produced & ((generated == s.output) | spec.prefill_only)
     age = s.age + dt
     resident_kv = jnp.sum(jnp.where((s.resident & ~batch.evicted) | batch.scheduled, kv, 0))
     recomputed = batch.evicted & ~batch.swapped_out
@@ -411,12 +429,14 @@ def timed_step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Pre
     latency = state.latency.at[out].set(age, mode="drop")
     request_preemptions = state.preemptions.at[out].set(preemptions, mode="drop")
     ttft = state.ttft.at[jnp.where(first, s.index, n_requests)].set(age, mode="drop")
+    handoff = state.handoff_iteration.at[jnp.where(first, s.index, n_requests)].set(
+        t.iterations + 1, mode="drop")
     slots = Slots(
         active=s.active & ~leaving, index=s.index, prompt=s.prompt, output=s.output,
         prediction=prediction, generated=generated,
         kv=jnp.where(recomputed | leaving, 0, kv),
         resident=((s.resident & ~batch.evicted) | batch.scheduled) & ~leaving,
-        age=age, preemptions=preemptions)
+        landed=s.landed & ~batch.scheduled, age=age, preemptions=preemptions)
     in_batch = jnp.sum(batch.scheduled)
     totals = Totals(
         iterations=t.iterations + busy,
@@ -435,7 +455,8 @@ def timed_step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Pre
         prefix_hit_tokens=t.prefix_hit_tokens + jnp.sum(jnp.where(batch.scheduled, hit * b, 0)))
     new = EngineState(slots=slots, next_arrival=next_arrival, until_next=until_next - dt,
                       host_blocks=host_blocks, ttft=ttft, latency=latency,
-                      preemptions=request_preemptions, free_queue=queue, totals=totals)
+                      preemptions=request_preemptions, handoff_iteration=handoff,
+                      free_queue=queue, totals=totals)
     # Keep the carry's dtypes (with float64 enabled, sums of int32 arrays are int64).
     return jax.tree_util.tree_map(lambda x, old: x.astype(old.dtype), new, state), jump, dt
 

@@ -229,10 +229,11 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     depend on neither.
     """
     from jaxq.llm.simulate_cluster import Cluster, simulate_cluster
+    from jaxq.llm.simulate_disaggregated import Disaggregated, simulate_disaggregated
 
     start = time.perf_counter()
-    if not isinstance(system, (LLMSystem, Cluster)):
-        raise TypeError(f"system must be a jaxq.llm.LLMSystem or a jaxq.llm.Cluster, got "
+    if not isinstance(system, (LLMSystem, Cluster, Disaggregated)):
+        raise TypeError(f"system must be a jaxq.llm.LLMSystem, Cluster or Disaggregated, got "
                         f"{type(system).__name__}")
     check_choice("on_overflow", on_overflow, ("raise", "warn", "ignore"))
     for name, slo in (("ttft_slo", ttft_slo), ("tpot_slo", tpot_slo)):
@@ -261,10 +262,10 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     if warmup >= n:
         raise ValueError(f"warmup must be below the number of requests ({n}), got {warmup}")
 
-    if isinstance(system, Cluster):
-        result = simulate_cluster(system, workload, n, is_trace, slots, replicas, warmup,
-                                  ttft_slo, tpot_slo, key, steps_per_call, max_iterations,
-                                  lanes, workers, progress, start)
+    if isinstance(system, (Cluster, Disaggregated)):
+        run = simulate_cluster if isinstance(system, Cluster) else simulate_disaggregated
+        result = run(system, workload, n, is_trace, slots, replicas, warmup, ttft_slo, tpot_slo,
+                     key, steps_per_call, max_iterations, lanes, workers, progress, start)
         _report_problems(result, slots, on_overflow)
         return result
     shape = _batch_shape(system)
@@ -465,7 +466,9 @@ def _summarise(state: EngineState, reqs: Requests, shape, replicas, warmup, ttft
     capacity in use while busy, swapped_bytes its bytes moved to or from the host; `extra`
     fields are passed on as they are."""
     grid = lambda x: np.asarray(x).reshape(shape + (replicas,) + np.shape(x)[1:])  # noqa: E731
-    ttft, latency = grid(state.ttft), grid(state.latency)
+    # Summed in float64: a float32 sum's rounding would depend on the batch's shape.
+    ttft = grid(state.ttft).astype(np.float64)
+    latency = grid(state.latency).astype(np.float64)
     output = grid(reqs.output)
     arrival = np.cumsum(np.asarray(reqs.gap, np.float64), axis=-1)
     arrival = grid(arrival)

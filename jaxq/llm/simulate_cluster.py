@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxq._checks import check_count
-from jaxq.llm.cluster import (ClusterState, Router, advance, has_work, init_cluster,
-                              route_arrivals)
+from jaxq.llm.cluster import (ClusterInputs, ClusterState, Router, advance, has_work,
+                              init_cluster, route_arrivals)
 from jaxq.llm.engine import EngineSpec, EngineState
 from jaxq.llm.simulate import (_STREAM_REFINE, LLMSystem, _batch_shape, _check_fits,
                                _default_workers, _requests, _summarise)
@@ -120,7 +120,8 @@ def simulate_cluster(cluster: Cluster, workload, n, is_trace, slots, replicas, w
     limit = (max_iterations if max_iterations is not None
              else 20 * int(np.max(np.sum(np.asarray(reqs.prompt) + np.asarray(reqs.output),
                                          axis=-1))) + 1000)
-    inputs = (params, first.policy, first.predictor, reqs, refine_keys, picks)
+    inputs = ClusterInputs(params=params, policy=first.policy, predictor=first.predictor,
+                           requests=reqs, key=refine_keys, picks=picks, order=None)
     runs = keys.shape[0]
     workers = _default_workers() if workers is None else workers
     lanes = _default_lanes(runs, instances, workers) if lanes is None else lanes
@@ -153,7 +154,7 @@ def _run_windows(spec, router, inputs, instances, n, lanes, workers, steps_per_c
     `workers` threads (window w on this process's device w mod the device count). All
     clusters route the same number of requests, so a window runs its clusters from the first
     arrival to the end together; the last window is padded with copies of its last cluster."""
-    runs = inputs[3].gap.shape[0]
+    runs = inputs.requests.gap.shape[0]
     starts = list(range(0, runs, lanes))
     finished = [0] * len(starts)
     lock = threading.Lock()
@@ -163,7 +164,7 @@ def _run_windows(spec, router, inputs, instances, n, lanes, workers, steps_per_c
     def window(w):
         rows = np.minimum(np.arange(starts[w], starts[w] + lanes), runs - 1)
         own = jax.device_put(_take(inputs, rows), devices[w % len(devices)])
-        state = _init(spec, instances, own[3])
+        state = _init(spec, instances, own.requests)
 
         def report():
             if progress is not None:
@@ -215,6 +216,7 @@ def _merge(state: ClusterState, per):
     bytes_per = np.stack([np.asarray(s.kv_bytes_per_token) for s in per], axis=1)
     swapped_bytes = np.sum(t.swapped_tokens * bytes_per, axis=1)
     merged = EngineState(slots=None, next_arrival=None, until_next=None, host_blocks=None,
+                         handoff_iteration=None,
                          ttft=pick(e.ttft), latency=pick(e.latency),
                          preemptions=pick(e.preemptions), free_queue=None, totals=totals)
     return merged, kv_use, swapped_bytes

@@ -65,7 +65,8 @@ class LLMEngine:
     def footprint(args) -> int:
         """Rough bytes of one configuration in a call: every replica's requests and slots (per
         instance of a cluster), times 4 for temporaries."""
-        instances = args.instances or len((args.instance_gpus or "").split(","))
+        instances = (args.prefill_instances + args.decode_instances
+                     or args.instances or len((args.instance_gpus or "").split(",")))
         return 4 * args.replicas * instances * (args.requests * 64 + (args.slots or 1024) * 96)
 
     @staticmethod
@@ -87,9 +88,8 @@ class LLMEngine:
 
         system, workload = build_llm_system(args)
         # Record the values the preset resolved (the row then says what ran); with
-        # heterogeneous instances, --instance-gpus says it.
-        one = system if args.instance_gpus is None and args.instances is None else (
-            system.systems[0] if args.instance_gpus is None else None)
+        # heterogeneous instances, the GPU options say it.
+        one = _one_instance(system, args)
         if one is not None:
             args.kv_capacity = int(one.kv_capacity)
             args.host_capacity = int(one.host_capacity)
@@ -120,6 +120,19 @@ class LLMEngine:
         return ([llm_metrics(result, i) for i in configs],
                 [np.asarray(result.latency[i, :, result.warmup:], np.float32).ravel()
                  for i in configs])
+
+
+def _one_instance(system, args):
+    """The LLMSystem every instance of `system` is (None when they differ)."""
+    from jaxq.llm.simulate_cluster import Cluster
+    from jaxq.llm.simulate_disaggregated import Disaggregated
+
+    if isinstance(system, Cluster):
+        return system.systems[0] if args.instance_gpus is None else None
+    if isinstance(system, Disaggregated):
+        same = (args.prefill_gpu or args.gpu) == (args.decode_gpu or args.gpu)
+        return system.prefill[0] if same else None
+    return system
 
 
 ENGINES = {"queue": QueueEngine, "llm": LLMEngine}
