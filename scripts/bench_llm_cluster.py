@@ -11,8 +11,8 @@ with capped token laws, a 16,000-token KV cache, sprpt, recompute, lognormal noi
 spaced in [0, 2], seed = configuration index), with --instances instances per configuration
 behind --router and the arrival rate multiplied by the number of instances.
 
-* jaxq: all configurations in one vmapped call (a first call limited to one iteration
-  compiles; the row is the second call).
+* jaxq: jaxq.llm.simulate's default windows and workers; the row is the second of two
+  identical calls (the first compiles).
 * The reference runs --reference-configs of the configurations (same requests, re-sampled with
   simulate's internals), one process per core; each one's iterations, preemptions and the
   instance of every request must equal jaxq's (the script exits with status 1 otherwise).
@@ -31,7 +31,6 @@ import multiprocessing
 import os
 import sys
 import time
-import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, os.pardir, "tests"))
@@ -42,7 +41,8 @@ from bench_llm import (ENGINE_FIELDS, capped_workload, make_system,  # noqa: E40
 
 
 def run_jaxq(args, system, workload):
-    """(result, wall seconds, CPU seconds) of the full run, after a compiling stub run."""
+    """(result, wall seconds, CPU seconds) of the second of two identical runs: the first
+    compiles every function the run calls (a stub run would skip the drain)."""
     from jaxq.llm.simulate import simulate
 
     def run(**options):
@@ -51,21 +51,29 @@ def run_jaxq(args, system, workload):
                           lanes=args.lanes, **options)
         return result, time.perf_counter() - start, time.process_time() - cpu
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        run(max_iterations=1, on_overflow="ignore")
+    run()
     return run()
 
 
 def _run_share(share):
-    from llm_reference import ReferenceConfig, run_cluster_reference
+    from llm_reference import (ReferenceConfig, run_cluster_reference,
+                               run_disaggregated_reference)
 
     start, cpu = time.time(), time.process_time()
     out = []
-    for index, arrival, prompt, output, prediction, fields, instances, router in share:
-        configs = [ReferenceConfig(**fields)] * instances
-        ref = run_cluster_reference(arrival, prompt, output, prediction, configs, router)
-        out.append((index, ref.iterations, ref.total_preemptions, ref.instance))
+    for index, arrival, prompt, output, prediction, fields, split, router in share:
+        if isinstance(split, int):
+            configs = [ReferenceConfig(**fields)] * split
+            ref = run_cluster_reference(arrival, prompt, output, prediction, configs, router)
+            served = ref.instance
+        else:
+            prefill, decode = split
+            ref = run_disaggregated_reference(
+                arrival, prompt, output, prediction, [ReferenceConfig(**fields)] * prefill,
+                [ReferenceConfig(**fields)] * decode, router, router, 0.0)
+            served = [prefill + d if d is not None else p
+                      for p, d in zip(ref.prefill_instance, ref.decode_instance)]
+        out.append((index, ref.iterations, ref.total_preemptions, served))
     return out, start, time.time(), time.process_time() - cpu
 
 
@@ -74,7 +82,7 @@ def _ready(barrier):
     barrier.wait()
 
 
-def bench_reference(args, one, workload, result):
+def bench_reference(args, one, workload, result, split):
     import numpy as np
 
     k = min(args.reference_configs, args.configs)
@@ -91,7 +99,7 @@ def bench_reference(args, one, workload, result):
         tasks.append((i, arrival[i].tolist(), np.asarray(reqs.prompt[i]).tolist(),
                       np.asarray(reqs.output[i]).tolist(),
                       np.asarray(reqs.prediction[i], np.float64).tolist(), fields,
-                      args.instances, args.router))
+                      split, args.router))
     processes = min(cores(), len(tasks))
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(processes + 1)
@@ -107,7 +115,8 @@ def bench_reference(args, one, workload, result):
     mismatches = [f"configuration {i}" for i, it, pre, inst in counts
                   if it != iterations[i] or pre != preemptions[i]
                   or list(sent[i]) != list(inst)]
-    row = dict(engine=f"cluster reference, plain Python ({processes} processes)",
+    what = "cluster" if isinstance(split, int) else "disaggregated"
+    row = dict(engine=f"{what} reference, plain Python ({processes} processes)",
                configs=len(tasks), iterations=sum(c[1] for c in counts), seconds=seconds,
                cpu_seconds=sum(r[3] for r in results))
     return row, mismatches
@@ -134,7 +143,7 @@ def main(argv=None):
     import jax
     import numpy as np
     import jaxq
-    from jaxq.llm import Cluster, Router
+    from jaxq.llm import Cluster, Disaggregated, Router
 
     per_instance_rate = args.rate
     args.rate = per_instance_rate * args.instances
@@ -145,8 +154,22 @@ def main(argv=None):
     rows = [dict(engine=f"jaxq {jaxq.__version__} cluster ({args.instances} instances, "
                  f"{args.router}, vmapped)", configs=args.configs,
                  iterations=int(np.sum(result.iterations)), seconds=seconds, cpu_seconds=cpu)]
-    ref_row, mismatches = bench_reference(args, one, cluster_workload, result)
+    ref_row, mismatches = bench_reference(args, one, cluster_workload, result, args.instances)
     rows.append(ref_row)
+
+    # The same GPUs split into a prefill pool and a decode pool (free transfers).
+    prefill = max(1, args.instances // 4)
+    split = Disaggregated(one, one, prefill_instances=prefill,
+                          decode_instances=args.instances - prefill, router=args.router)
+    pd_result, pd_seconds, pd_cpu = run_jaxq(args, split, cluster_workload)
+    pd_rows = [dict(engine=f"jaxq disaggregated ({prefill} prefill + "
+                    f"{args.instances - prefill} decode, {args.router})", configs=args.configs,
+                    iterations=int(np.sum(pd_result.iterations)), seconds=pd_seconds,
+                    cpu_seconds=pd_cpu)]
+    pd_ref, pd_mismatches = bench_reference(args, one, cluster_workload, pd_result,
+                                            (prefill, args.instances - prefill))
+    pd_rows.append(pd_ref)
+    mismatches += pd_mismatches
 
     # The engine alone: configs x instances configurations at the per-instance rate.
     single = argparse.Namespace(**{**vars(args), "configs": args.configs * args.instances,
@@ -158,17 +181,18 @@ def main(argv=None):
                      iterations=int(np.sum(single_result.iterations)), seconds=s_seconds,
                      cpu_seconds=s_cpu))
 
-    base = rows[0]["iterations"] / rows[0]["seconds"]
     print(f"Machine: {cpu_model()}, {cores()} cores; JAX {jax.__version__} "
-          f"({jax.devices()[0].device_kind}).\n")
-    print("| simulator | configurations | iterations | seconds | CPU seconds "
-          "| configuration-iterations/s | cluster's rate / the row's |")
-    print("|---|---|---|---|---|---|---|")
-    for row in rows:
-        rate = row["iterations"] / row["seconds"]
-        print(f"| {row['engine']} | {row['configs']} | {row['iterations']:,} | "
-              f"{row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {rate:,.0f} | "
-              f"{base / rate:.2f} |")
+          f"({jax.devices()[0].device_kind}).")
+    for table in (rows, pd_rows):
+        base = table[0]["iterations"] / table[0]["seconds"]
+        print("\n| simulator | configurations | iterations | seconds | CPU seconds "
+              "| configuration-iterations/s | first row's rate / the row's |")
+        print("|---|---|---|---|---|---|---|")
+        for row in table:
+            rate = row["iterations"] / row["seconds"]
+            print(f"| {row['engine']} | {row['configs']} | {row['iterations']:,} | "
+                  f"{row['seconds']:.1f} | {row['cpu_seconds']:.1f} | {rate:,.0f} | "
+                  f"{base / rate:.2f} |")
     share = np.asarray(result.instance_share)
     print(f"\nBoundaries computed in full (the other iterations are pure-decode runs advanced "
           f"in closed form): cluster {int(np.sum(result.boundaries)):,} of "
@@ -179,8 +203,8 @@ def main(argv=None):
           f"{int(np.sum(result.preemptions)):,} preemptions; requests per instance (share, "
           f"min / max over configurations and instances) {share.min():.3f} / "
           f"{share.max():.3f}.")
-    print("Reference: " + ("iterations, preemptions and every request's instance equal jaxq's "
-                           "on each of its configurations." if not mismatches
+    print("References: " + ("iterations, preemptions and every request's instance equal "
+                            "jaxq's on each of their configurations." if not mismatches
                            else "MISMATCH: " + ", ".join(mismatches)))
     return 1 if mismatches else 0
 

@@ -1,6 +1,7 @@
 """Reference LLM engine: a slow, plain-Python, iteration-by-iteration simulator of the model in
 the "LLM engine model" text (continuous batching, chunked prefill, a hard KV-cache limit,
-preemption by recompute or swap, admission modes, prediction refinement), of a cluster of such
+preemption by recompute or swap, admission modes, prediction refinement, requests that pause for
+a tool call), of a cluster of such
 engines behind a router (`run_cluster_reference`), and of prefill/decode disaggregation: a pool of
 prefill instances handing requests over to a pool of decode instances
 (`run_disaggregated_reference`).
@@ -171,6 +172,70 @@ the second.
 26. Results: per request by global index (decode_instance, decode_arrival and decode_seen None
     when O == 1); each pool's instances have their own ReferenceResults (choice 19); the totals
     are sums over the instances of both pools, peak_kv_tokens the max over them.
+
+Pauses (augmented LLMs: a request that stops for a tool call), in `run_reference` and
+`run_cluster_reference` (argument `pauses`; not in the disaggregated pools). pauses[i] is request
+i's list of (at, seconds, predicted_seconds), `at` strictly increasing, 1 <= at < O_i,
+seconds >= 0, predicted_seconds > 0; config fields pause_kv ("keep", "discard", "swap", "auto")
+and keep_seconds (auto's parameter). Without any pause everything above is unchanged. A pause
+needs prefix_cache=False (ValueError otherwise; an argument whose lists are all empty is no
+pause and is accepted with the prefix cache).
+
+27. Pause start. When in an iteration a request produces its g-th output token and g is the
+    `at` of its next pause (g < O, as at < O), it pauses at the end of that iteration, its pause
+    start: it is paused until pause start + seconds (its return time, that float sum) and its
+    next pause becomes the following one. `pauses` counts the pauses started. Pauses start in
+    batch order, after refinement (choice 12) if due at the same token.
+28. The KV of a pausing request is decided at the boundary at its pause start (the boundary
+    that follows that iteration, at the same instant), first of all at that boundary, for the
+    requests that paused at that instant in order of request index:
+    keep: it stays on the GPU (resident);
+    discard: n dropped (n = 0, NOWHERE; P + g tokens to recompute later): not a preemption, n
+    counted in discarded_tokens (not in recomputed_tokens);
+    swap: to the host when its blk(n) fit in the host blocks free at that moment, C_host minus
+    blk(n) of every swapped request (the earlier pausing requests of this boundary included):
+    SWAPPED, its n counted as swap tokens of this boundary (choice 33); else discarded;
+    auto: kept iff predicted_seconds * n <= keep_seconds * F, F = C * b - (sum of n over the
+    resident requests, itself included), computed for each request after the earlier ones of
+    this boundary; else as swap under preemption "swap", as discard under "recompute".
+    Then, at the same boundary: the returns (choice 30), then the arrivals (choice 14).
+    (A pause of 0 seconds is therefore decided and ends at the same boundary.)
+29. While paused a request is in the system but never scheduled. It ranks after every unpaused
+    request: class 0 = resident and locked, 1 = every other unpaused request, 2 = paused
+    (whether locked or not); within a class by (primary, tiebreak) as in choice 9. A paused
+    request is never admissible, so the batch ends at or before the first paused position
+    (position 1 is unpaused whenever an iteration runs, choice 31). A resident paused request
+    after position L is one of the resident requests of choice 3's keep rule (kept while it
+    fits, else preempted: counted as a preemption, recompute or swap as choice 6, and still
+    paused); choice 5's "cannot grow" rule also requires that position L + 1 is not paused.
+    Hence a kept paused request never keeps an unpaused one out of the batch: it is ranked
+    last, and preempted when the memory is needed.
+30. Return: at the first boundary at or after its return time (return <= boundary time) the
+    request is no longer paused, before the arrivals enter and before ranking, and from then on
+    an ordinary request with its g, n and location (resident; swapped: swapped in when
+    scheduled, choice 6; NOWHERE: recomputes P + g tokens).
+31. Time. While requests are in the system, a boundary happens at the end of every iteration
+    (choice 14), even if every request in the system is paused then. A boundary at which no
+    request in the system is unpaused (after its pause decisions, returns and arrivals) runs no
+    iteration: it is an idle boundary, logged in `jumps`, and the engine jumps from it to the
+    next boundary, the earliest of the earliest return time and the next pending arrival (in a
+    cluster, a request routed to the instance during the jump is such an arrival). Idle
+    boundaries only happen at the end of an iteration, and never two in a row. With no request
+    in the system the "engine empty" rule of choice 14 is unchanged.
+32. Metric paused_kv_token_seconds: the GPU KV tokens (n of resident requests) held by paused
+    requests, integrated over time: for each iteration, those tokens during it (after this
+    boundary's pause decisions and preemptions; paused requests do not change during it) * dt;
+    for each jump, those tokens after its idle boundary * (next boundary - idle boundary). A
+    single float summed in time order, each term an int times a float. Latency (finish -
+    arrival) includes the pauses; a paused request produces no tokens.
+33. Swap tokens of a pause (choice 28): at a boundary with an iteration they are part of that
+    iteration's swap tokens (dt's swap term, swapped_tokens, the log's swap_tokens; not in its
+    "swapped_out", which is preemptions only). At an idle boundary no iteration runs: they are
+    counted in swapped_tokens and in that jump's swap_tokens, and cost no time (the copy happens
+    while the engine is idle).
+34. The router (choice 17) sees a paused request as one in the system: it counts in
+    outstanding and in predicted work (max(yhat - g, 1)), and its resident blocks in kv. After
+    an idle boundary it sees the state after that boundary's pause decisions.
 """
 
 from __future__ import annotations
@@ -186,6 +251,7 @@ POLICIES = ("fcfs", "las", "sjf", "psjf", "srpt", "spjf", "pspjf", "sprpt", "spr
 PREEMPTION_MODES = ("recompute", "swap")
 ADMISSION_MODES = ("optimistic", "reserve-predicted", "reserve-max")
 ROUTERS = ("round-robin", "random", "least-outstanding", "least-kv", "least-predicted-work")
+PAUSE_KV_MODES = ("keep", "discard", "swap", "auto")  # the KV of a paused request (choice 28)
 # The config fields in which the instances of a cluster may differ (choice 15).
 INSTANCE_FIELDS = ("kv_capacity", "block_size", "max_seqs", "max_batched_tokens", "host_capacity",
                    "max_output", "iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
@@ -229,6 +295,8 @@ class ReferenceConfig:
     refine_every: int = 0     # 0: no refinement
     # (request index, m) -> M for the m-th refinement of that request (m = g // refine_every)
     refine_multiplier: Callable[[int, int], float] | None = None
+    pause_kv: str = "keep"    # the KV of a request that pauses (choice 28)
+    keep_seconds: float = 1.0  # auto: keep iff predicted_seconds * n <= keep_seconds * F
 
 
 @dataclasses.dataclass
@@ -257,7 +325,20 @@ class ReferenceResult:
     #   swapped_in: batch members that came back from the host; swap_tokens: in + out
     #   finished: indices that produced their last token in this iteration
     #   prefix_hit: tokens each batch member found in the prefix cache (aligned with batch)
+    #   With pauses (choices 27 to 33; all empty or 0 without):
+    #   paused: indices paused during the iteration (index order); paused_kv_tokens: their
+    #   resident KV tokens during it; pause_kept, pause_discarded (with pause_discarded_n, the n
+    #   each dropped), pause_swapped: the pause decisions of this boundary (index order);
+    #   pausing: indices whose pause starts at the end of this iteration (batch order)
     log: list[dict]
+    discarded_tokens: int = 0      # sum of n dropped by pause discards (choice 28)
+    pauses: int = 0                # pauses started
+    paused_kv_token_seconds: float = 0.0  # GPU KV tokens held by paused requests * time (32)
+    # One dict per idle boundary (choice 31): time, until (the next boundary: the jump's end),
+    # paused (every request in the system), pause_kept, pause_discarded, pause_discarded_n,
+    # pause_swapped, swap_tokens, paused_kv_tokens (held during the jump), kv_tokens, kv_blocks,
+    # host_blocks (during the jump)
+    jumps: list[dict] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -273,6 +354,12 @@ class _Request:
     first_token_time: float | None = None
     finish_time: float | None = None
     preemptions: int = 0
+    pauses: tuple = ()            # its (at, seconds, predicted_seconds), choice 27
+    next_pause: int = 0           # index in pauses of its next pause
+    paused: bool = False
+    returns: float = math.inf     # the return time of its current (or last) pause
+    pause_predicted: float = 0.0  # predicted_seconds of its current (or last) pause
+    deciding: bool = False        # paused at the current instant, its KV not decided yet (28)
 
     @property
     def u(self) -> int:
@@ -326,7 +413,10 @@ def _rank_key(cfg: ReferenceConfig, r: _Request, now: float) -> tuple:
     else:  # pragma: no cover - validated before
         raise ValueError(p)
     primary = primary - cfg.aging * age
-    cls = 0 if (resident and locked) else 1
+    if r.paused:
+        cls = 2  # after every unpaused request (choice 29)
+    else:
+        cls = 0 if (resident and locked) else 1
     return (cls, primary, tiebreak)
 
 
@@ -340,6 +430,10 @@ def _validate(arrival_time, prompt, output, prediction, cfg: ReferenceConfig) ->
         raise ValueError(f"unknown preemption mode {cfg.preemption!r}")
     if cfg.admission not in ADMISSION_MODES:
         raise ValueError(f"unknown admission mode {cfg.admission!r}")
+    if cfg.pause_kv not in PAUSE_KV_MODES:
+        raise ValueError(f"unknown pause_kv mode {cfg.pause_kv!r}")
+    if not (cfg.keep_seconds >= 0 and math.isfinite(cfg.keep_seconds)):
+        raise ValueError("keep_seconds must be finite and >= 0")
     for name in ("block_size", "max_seqs", "max_batched_tokens", "max_output"):
         if int(getattr(cfg, name)) < 1:
             raise ValueError(f"{name} must be >= 1")
@@ -363,9 +457,38 @@ def _validate(arrival_time, prompt, output, prediction, cfg: ReferenceConfig) ->
                              f"tokens needs more than the {C} blocks of the GPU")
 
 
-def _make_requests(arrival_time, prompt, output, prediction) -> list[_Request]:
+def _validate_pauses(pauses, output, configs: list[ReferenceConfig]) -> None:
+    """pauses[i]: request i's (at, seconds, predicted_seconds), at strictly increasing,
+    1 <= at < O_i, seconds >= 0, predicted_seconds > 0 (both finite); none with the prefix
+    cache."""
+    if pauses is None:
+        return
+    if len(pauses) != len(output):
+        raise ValueError("pauses needs one list of pauses per request")
+    for i, plist in enumerate(pauses):
+        last = 0
+        for pause in plist:
+            if len(pause) != 3:
+                raise ValueError(f"request {i}: a pause is (at, seconds, predicted_seconds)")
+            at, seconds, predicted = pause
+            if int(at) != at or not last < at < int(output[i]):
+                raise ValueError(f"request {i}: pause positions must be integers, strictly "
+                                 f"increasing, in 1..O - 1 = {int(output[i]) - 1}")
+            if not (seconds >= 0 and math.isfinite(seconds)):
+                raise ValueError(f"request {i}: pause seconds must be finite and >= 0")
+            if not (predicted > 0 and math.isfinite(predicted)):
+                raise ValueError(f"request {i}: predicted pause seconds must be finite and > 0")
+            last = at
+    if any(pauses) and any(cfg.prefix_cache for cfg in configs):
+        raise ValueError("pauses are not supported with the prefix cache")
+
+
+def _make_requests(arrival_time, prompt, output, prediction, pauses=None) -> list[_Request]:
     return [_Request(index=i, arrival=float(arrival_time[i]), P=int(prompt[i]), O=int(output[i]),
-                     yhat=float(prediction[i])) for i in range(len(arrival_time))]
+                     yhat=float(prediction[i]),
+                     pauses=tuple((int(at), float(s), float(p)) for at, s, p in pauses[i])
+                     if pauses is not None else ())
+            for i in range(len(arrival_time))]
 
 
 class _Instance:
@@ -389,6 +512,11 @@ class _Instance:
         self.recomputed_tokens = 0
         self.swapped_tokens = 0
         self.prefix_hit_tokens = 0
+        self.discarded_tokens = 0
+        self.pauses = 0
+        self.paused_kv_token_seconds = 0.0
+        self.jumps: list[dict] = []          # the idle boundaries (choice 31)
+        self.jumping = False                 # the last boundary was idle: the engine jumps
         # The free GPU blocks in the order they are reused, front first (choice 13); only kept
         # with the prefix cache on.
         self.free_blocks = deque([None] * self.C)
@@ -404,9 +532,15 @@ class _Instance:
         return bool(self.in_system or self.pending)
 
     def next_boundary(self) -> float:
-        """The time of the next boundary (choice 14); inf without work."""
+        """The time of the next boundary (choices 14 and 31); inf without work."""
         if self.in_system:
-            return self.now
+            if not self.jumping:
+                return self.now
+            # After an idle boundary: every request in the system is paused (choice 31).
+            due = min(r.returns for r in self.in_system)
+            if self.pending:
+                due = min(due, max(self.now, self.pending[0].arrival))
+            return due
         if self.pending:
             return max(self.now, self.pending[0].arrival)
         return math.inf
@@ -447,13 +581,79 @@ class _Instance:
         in_system = self.in_system
         free_blocks = self.free_blocks
 
-        # ---- The boundary at `now`: the pending requests that have arrived by then enter. ----
+        # ---- The boundary at `now`. ----
         now = self.next_boundary()
         assert now < math.inf, "step() needs work"
+        after_jump = self.jumping
+        if after_jump:
+            # The end of a jump: the paused KV held since the idle boundary (choice 32).
+            jump = self.jumps[-1]
+            jump["until"] = now
+            self.paused_kv_token_seconds += jump["paused_kv_tokens"] * (now - jump["time"])
+            self.jumping = False
+        else:
+            assert now == self.now or not in_system, "time jumps only over paused requests"
         self.last_boundary = now
+
+        # The KV of the requests that paused at this instant, in index order (choice 28).
+        pause_kept, pause_discarded, pause_discarded_n, pause_swapped = [], [], [], []
+        pause_swap_tokens = 0
+        for r in sorted((r for r in in_system if r.deciding), key=lambda r: r.index):
+            assert r.paused and r.where == RESIDENT
+            r.deciding = False
+            mode = cfg.pause_kv
+            if mode == "auto":
+                F = C * b - sum(x.n for x in in_system if x.where == RESIDENT)
+                if r.pause_predicted * r.n <= cfg.keep_seconds * F:
+                    mode = "keep"
+                else:
+                    mode = "swap" if cfg.preemption == "swap" else "discard"
+            if mode == "swap":
+                host_free = C_host - sum(_blk(x.n, b) for x in in_system if x.where == SWAPPED)
+                if _blk(r.n, b) > host_free:
+                    mode = "discard"  # no room on the host
+            if mode == "keep":
+                pause_kept.append(r.index)
+            elif mode == "swap":
+                r.where = SWAPPED
+                pause_swap_tokens += r.n
+                pause_swapped.append(r.index)
+            else:
+                self.discarded_tokens += r.n
+                pause_discarded.append(r.index)
+                pause_discarded_n.append(r.n)
+                r.n = 0
+                r.where = NOWHERE
+        # Returns (choice 30), then arrivals: the pending requests that have arrived by then.
+        for r in in_system:
+            if r.paused and r.returns <= now:
+                r.paused = False
         while self.pending and self.pending[0].arrival <= now:
             in_system.append(self.pending.popleft())
         assert in_system
+        paused = sorted(r.index for r in in_system if r.paused)
+
+        if all(r.paused for r in in_system):
+            # An idle boundary: no iteration, the engine jumps (choices 31 and 33).
+            assert not after_jump and now == self.now, "only at the end of an iteration"
+            self.swapped_tokens += pause_swap_tokens
+            self.jumping = True
+            self.jumps.append({
+                "time": now,
+                "until": None,  # set at the next boundary
+                "paused": paused,
+                "pause_kept": pause_kept,
+                "pause_discarded": pause_discarded,
+                "pause_discarded_n": pause_discarded_n,
+                "pause_swapped": pause_swapped,
+                "swap_tokens": pause_swap_tokens,
+                "paused_kv_tokens": sum(r.n for r in in_system
+                                        if r.paused and r.where == RESIDENT),
+                "kv_tokens": sum(r.n for r in in_system if r.where == RESIDENT),
+                "kv_blocks": sum(_blk(r.n, b) for r in in_system if r.where == RESIDENT),
+                "host_blocks": sum(_blk(r.n, b) for r in in_system if r.where == SWAPPED),
+            })
+            return
 
         # ---- Ranking: sort by (class, primary, tiebreak). ----
         order = sorted(in_system, key=lambda r: _rank_key(cfg, r, now))
@@ -472,8 +672,8 @@ class _Instance:
             u = r.P + r.g - n
             q = min(u, T - sum_u_before)
             resident = r.where == RESIDENT
-            if q < 1 or i > S:
-                break
+            if q < 1 or i > S or r.paused:
+                break  # (a paused request is never admissible, choice 29)
             D_i = D + (_blk(n + q, b) - _blk(n, b) if resident else _blk(n + q, b))
             H_i = H + (_blk(r.n, b) if resident else 0)
             if cfg.admission == "reserve-predicted":
@@ -501,7 +701,8 @@ class _Instance:
         if after:
             nxt = after[0]
             q_next = min(nxt.u, T - sum_u_before)
-            cannot_grow = nxt.where == RESIDENT and q_next >= 1 and L + 1 <= S
+            cannot_grow = (nxt.where == RESIDENT and q_next >= 1 and L + 1 <= S
+                           and not nxt.paused)
         else:
             cannot_grow = False
         if cannot_grow:
@@ -579,15 +780,20 @@ class _Instance:
             if r.where == SWAPPED:
                 swap_in_tokens += r.n
                 swapped_in.append(r.index)
-        swap_tokens = swap_out_tokens + swap_in_tokens
+        swap_tokens = swap_out_tokens + swap_in_tokens + pause_swap_tokens  # (choice 33)
         self.swapped_tokens += swap_tokens
         dt = (cfg.iter_base + cfg.iter_per_prefill_token * prefill_tokens
               + cfg.iter_per_decode_seq * decode_seqs + cfg.iter_per_kv_token * kv_attended
               + cfg.swap_per_token * swap_tokens)
         end = now + dt
+        # The paused KV held during the iteration (choice 32).
+        paused_kv_tokens = sum(r.n for r in in_system if r.paused and r.where == RESIDENT)
+        if paused_kv_tokens:
+            self.paused_kv_token_seconds += paused_kv_tokens * dt
 
         # ---- The iteration: everything dated at its end. ----
         done = []
+        pausing = []
         for r, q in batch:
             r.n += q
             r.where = RESIDENT
@@ -601,6 +807,18 @@ class _Instance:
                 elif cfg.refine_every > 0 and r.g % cfg.refine_every == 0:
                     M = float(cfg.refine_multiplier(r.index, r.g // cfg.refine_every))
                     r.yhat = r.g + (r.O - r.g) * M ** ((r.O - r.g) / r.O)
+                if (r.g < r.O and r.next_pause < len(r.pauses)
+                        and r.g == r.pauses[r.next_pause][0]):
+                    # It pauses at the end of this iteration (choice 27).
+                    assert not self.prefill_only
+                    _, seconds, predicted = r.pauses[r.next_pause]
+                    r.next_pause += 1
+                    r.paused = True
+                    r.deciding = True
+                    r.returns = end + seconds
+                    r.pause_predicted = predicted
+                    self.pauses += 1
+                    pausing.append(r.index)
                 if self.prefill_only and r.g < r.O:
                     # Its first token (prefill instances see g = 0 only): it leaves as a
                     # finished request does, to the decode pool (choice 21).
@@ -640,6 +858,13 @@ class _Instance:
             "swap_tokens": swap_tokens,
             "finished": [r.index for r in done],
             "prefix_hit": hits,
+            "paused": paused,
+            "paused_kv_tokens": paused_kv_tokens,
+            "pause_kept": pause_kept,
+            "pause_discarded": pause_discarded,
+            "pause_discarded_n": pause_discarded_n,
+            "pause_swapped": pause_swapped,
+            "pausing": pausing,
         })
 
     def result(self, N: int) -> ReferenceResult:
@@ -662,13 +887,21 @@ class _Instance:
             peak_kv_tokens=max((e["kv_tokens_during"] for e in self.log), default=0),
             prefix_hit_tokens=self.prefix_hit_tokens,
             log=self.log,
+            discarded_tokens=self.discarded_tokens,
+            pauses=self.pauses,
+            paused_kv_token_seconds=self.paused_kv_token_seconds,
+            jumps=self.jumps,
         )
 
 
-def run_reference(arrival_time, prompt, output, prediction, config: ReferenceConfig
+def run_reference(arrival_time, prompt, output, prediction, config: ReferenceConfig,
+                  pauses: list[list[tuple[int, float, float]]] | None = None
                   ) -> ReferenceResult:
+    """One engine instance. pauses[i]: request i's pauses (at, seconds, predicted_seconds),
+    choices 27 to 33; None: no pauses."""
     _validate(arrival_time, prompt, output, prediction, config)
-    requests = _make_requests(arrival_time, prompt, output, prediction)
+    _validate_pauses(pauses, output, [config])
+    requests = _make_requests(arrival_time, prompt, output, prediction, pauses)
     instance = _Instance(config)
     for r in requests:
         instance.deliver(r)  # each waits, pending, until its arrival (choice 14)
@@ -697,6 +930,10 @@ class ClusterReferenceResult:
     swapped_tokens: int
     prefix_hit_tokens: int
     peak_kv_tokens: int
+    # Pauses (choices 27 to 33), sums over the instances:
+    discarded_tokens: int = 0
+    pauses: int = 0
+    paused_kv_token_seconds: float = 0.0
 
 
 def _validate_pool(arrival_time, prompt, output, prediction, configs: list[ReferenceConfig],
@@ -757,15 +994,19 @@ def _route(router: str, instances: list[_Instance], k: int, candidates) -> tuple
 
 def run_cluster_reference(arrival_time, prompt, output, prediction,
                           configs: list[ReferenceConfig], router: str,
-                          picks: list[list[int]] | None = None) -> ClusterReferenceResult:
+                          picks: list[list[int]] | None = None,
+                          pauses: list[list[tuple[int, float, float]]] | None = None
+                          ) -> ClusterReferenceResult:
     """Instances configs[0..I-1] behind `router` (choices 15 to 19). picks[r]: request r's
-    candidate instances, used by "random" (picks[r][0]) and, when given, by the "least" rules."""
+    candidate instances, used by "random" (picks[r][0]) and, when given, by the "least" rules.
+    pauses[r]: request r's pauses, as in run_reference (choices 27 to 34)."""
     configs = list(configs)
     _validate_pool(arrival_time, prompt, output, prediction, configs)
+    _validate_pauses(pauses, output, configs)
     N = len(arrival_time)
     _validate_router(router, picks, len(configs), (N,))
 
-    requests = _make_requests(arrival_time, prompt, output, prediction)
+    requests = _make_requests(arrival_time, prompt, output, prediction, pauses)
     instances = [_Instance(cfg) for cfg in configs]
     routed_to: list[int] = []
     seen: list[list | None] = []
@@ -803,6 +1044,9 @@ def run_cluster_reference(arrival_time, prompt, output, prediction,
         swapped_tokens=sum(res.swapped_tokens for res in results),
         prefix_hit_tokens=sum(res.prefix_hit_tokens for res in results),
         peak_kv_tokens=max((res.peak_kv_tokens for res in results), default=0),
+        discarded_tokens=sum(res.discarded_tokens for res in results),
+        pauses=sum(res.pauses for res in results),
+        paused_kv_token_seconds=sum(res.paused_kv_token_seconds for res in results),
     )
 
 

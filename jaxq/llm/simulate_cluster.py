@@ -140,9 +140,9 @@ def simulate_cluster(cluster: Cluster, workload, n, is_trace, slots, replicas, w
 def _default_lanes(runs: int, instances: int, workers: int) -> int:
     """Clusters stepped together. On a CPU a step costs in proportion to its instances, and a
     window waits, at every arrival, for its slowest instance: scripts/bench_llm_cluster.py (64
-    clusters of 4 instances, 2 workers) took 2.0 s with 1 cluster per window, 2.2 s with 2 or
-    4, 2.5 s with 8, 3.1 s with 16, 7.0 s with all 64 in one. On accelerators: all of them,
-    shared among the workers."""
+    clusters of 4 instances, 2 workers) took 0.82 s with 1 cluster per window, 0.77 s with 2,
+    0.85 s with 4, 1.1 s with 8, 1.7 s with 16, 5.8 s with all 64 in one. On accelerators: all
+    of them, shared among the workers."""
     if jax.default_backend() != "cpu":
         return max(1, runs // workers)
     return max(1, min(runs, 4 // instances))
