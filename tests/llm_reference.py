@@ -194,10 +194,12 @@ pause and is accepted with the prefix cache).
     counted in discarded_tokens (not in recomputed_tokens);
     swap: to the host when its blk(n) fit in the host blocks free at that moment, C_host minus
     blk(n) of every swapped request (the earlier pausing requests of this boundary included):
-    SWAPPED, its n counted as swap tokens of this boundary (choice 33); else discarded;
+    SWAPPED, its n counted as swap tokens of this boundary (choice 33); else discarded, and so
+    is every later one of this boundary that would swap (as choice 6: from the first that does
+    not fit on, even a smaller one later);
     auto: kept iff predicted_seconds * n <= keep_seconds * F, F = C * b - (sum of n over the
-    resident requests, itself included), computed for each request after the earlier ones of
-    this boundary; else as swap under preemption "swap", as discard under "recompute".
+    resident requests, itself included), computed once at the boundary, before any of its
+    pause decisions; else as swap under preemption "swap", as discard under "recompute".
     Then, at the same boundary: the returns (choice 30), then the arrivals (choice 14).
     (A pause of 0 seconds is therefore decided and ends at the same boundary.)
 29. While paused a request is in the system but never scheduled. It ranks after every unpaused
@@ -314,7 +316,7 @@ class ReferenceResult:
     peak_kv_tokens: int            # max over iterations of resident KV tokens during the iteration
     prefix_hit_tokens: int         # KV tokens found in the prefix cache instead of recomputed
     # One dict per iteration:
-    #   time: end of the iteration; dt: its length
+    #   start: its boundary's time; time: end of the iteration; dt: its length
     #   batch: request indices in rank order; q: tokens each processed (aligned with batch)
     #   tokens: sum of q; prefill_tokens, decode_seqs, kv_attended: the terms of dt
     #   kv_tokens, kv_blocks: resident KV after the iteration (finished requests freed)
@@ -573,7 +575,8 @@ class _Instance:
         return j * self.b
 
     def step(self) -> None:
-        """The boundary at next_boundary() and the iteration that follows it."""
+        """The boundary at next_boundary() and the iteration that follows it (none after an
+        idle boundary, where every request in the system is paused: choice 31)."""
         cfg = self.cfg
         b, C, C_host = self.b, self.C, self.C_host
         T = cfg.max_batched_tokens
@@ -598,20 +601,23 @@ class _Instance:
         # The KV of the requests that paused at this instant, in index order (choice 28).
         pause_kept, pause_discarded, pause_discarded_n, pause_swapped = [], [], [], []
         pause_swap_tokens = 0
+        # auto's F: the free KV tokens before any of this boundary's decisions.
+        F = C * b - sum(x.n for x in in_system if x.where == RESIDENT)
+        host_full = False  # a request found no room: the rest are discarded (as choice 6)
         for r in sorted((r for r in in_system if r.deciding), key=lambda r: r.index):
             assert r.paused and r.where == RESIDENT
             r.deciding = False
             mode = cfg.pause_kv
             if mode == "auto":
-                F = C * b - sum(x.n for x in in_system if x.where == RESIDENT)
                 if r.pause_predicted * r.n <= cfg.keep_seconds * F:
                     mode = "keep"
                 else:
                     mode = "swap" if cfg.preemption == "swap" else "discard"
             if mode == "swap":
                 host_free = C_host - sum(_blk(x.n, b) for x in in_system if x.where == SWAPPED)
-                if _blk(r.n, b) > host_free:
+                if host_full or _blk(r.n, b) > host_free:
                     mode = "discard"  # no room on the host
+                    host_full = True
             if mode == "keep":
                 pause_kept.append(r.index)
             elif mode == "swap":
@@ -838,6 +844,7 @@ class _Instance:
                                                if r.where == RESIDENT)
 
         self.log.append({
+            "start": now,
             "time": end,
             "dt": dt,
             "batch": [r.index for r, _ in batch],

@@ -151,3 +151,26 @@ def test_results_do_not_depend_on_lanes_or_workers():
             np.testing.assert_array_equal(getattr(other, name), getattr(runs[0], name))
     assert runs[0].preemptions.sum() > 0
     assert not np.array_equal(runs[0].latency[0], runs[0].latency[2])
+
+
+def test_requests_arriving_together_match_the_reference():
+    # Requests that arrive at one instant are routed one after another before any boundary at
+    # that instant: an idle instance admits all those sent to it at the same boundary.
+    rng = np.random.default_rng(8)
+    arrival, prompt, output, prediction = _instance(8, n=30)
+    for i in np.flatnonzero(rng.random(30) < 0.4)[1:]:
+        arrival[i] = arrival[i - 1]  # arrives with the one before
+    prediction = np.maximum(np.round(prediction * 8) / 8, 0.125)
+    assert 10 < len(set(arrival)) < 25
+    limits = _instances(8, 3)
+    systems = [LLMSystem(jaxq.FCFS(), **c) for c in limits]
+    # least-kv: a request waiting to enter holds no KV, so the one arriving with it follows it
+    result = simulate(Cluster(systems, Router("least-kv")),
+                      _trace(arrival, prompt, output, prediction))
+    ref = run_cluster_reference(arrival, prompt, output, prediction,
+                                [ReferenceConfig(policy="fcfs", **c) for c in limits],
+                                "least-kv")
+    np.testing.assert_array_equal(result.instance[0], ref.instance)
+    np.testing.assert_allclose(arrival + result.latency[0], ref.finish_time, rtol=1e-11,
+                               atol=1e-9)
+    assert int(result.iterations) == ref.iterations

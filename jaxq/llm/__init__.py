@@ -8,7 +8,8 @@ from jaxq.llm.hardware import GPUS, MODELS, CostModel, roofline
 from jaxq.llm.simulate import LLMResult, LLMSystem, simulate
 from jaxq.llm.simulate_cluster import Cluster
 from jaxq.llm.simulate_disaggregated import Disaggregated
-from jaxq.llm.workloads import WORKLOADS, LLMWorkload, Trace, TraceError, read_trace
+from jaxq.llm.workloads import (WORKLOADS, LLMWorkload, ToolCalls, Trace, TraceError,
+                                read_trace)
 
 
 def costs(gpu: str, model: str, **options) -> dict:
@@ -16,6 +17,6 @@ def costs(gpu: str, model: str, **options) -> dict:
     return dataclasses.asdict(roofline(gpu, model, **options))
 
 
-__all__ = ["Cluster", "Disaggregated", "GPUS", "MODELS", "CostModel", "LLMResult", "LLMSystem", "LLMWorkload",
-           "ROUTERS", "Router", "Trace", "TraceError", "WORKLOADS", "costs", "read_trace",
-           "roofline", "simulate"]
+__all__ = ["Cluster", "Disaggregated", "GPUS", "MODELS", "CostModel", "LLMResult", "LLMSystem",
+           "LLMWorkload", "ROUTERS", "Router", "ToolCalls", "Trace", "TraceError", "WORKLOADS",
+           "costs", "read_trace", "roofline", "simulate"]

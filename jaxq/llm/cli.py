@@ -24,7 +24,7 @@ JSON_KEYS = ("ttft_mean", "ttft_p50", "ttft_p90", "ttft_p99", "tpot_mean", "tpot
              "token_throughput", "goodput", "mean_kv_use", "peak_kv_tokens", "preemptions",
              "recomputed_tokens", "prefix_hit_tokens", "swapped_tokens", "swapped_bytes",
              "mean_batch_size", "mean_queue_length", "iterations", "completed", "overflow",
-             "unfinished")
+             "unfinished", "pauses", "discarded_tokens", "paused_kv_token_seconds")
 _COST_OPTIONS = ("iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
                  "iter_per_kv_token", "swap_per_token")
 
@@ -38,7 +38,7 @@ def add_llm_parser(sub):
 
 def add_llm_options(p):
     """The options of `jaxq llm` (and of `jaxq sweep llm`), --per-request aside."""
-    from jaxq.llm.engine import ADMISSION_MODES, PREEMPTION_MODES
+    from jaxq.llm.engine import ADMISSION_MODES, PAUSE_KV_MODES, PREEMPTION_MODES
     from jaxq.llm.workloads import WORKLOADS
 
     w = p.add_argument_group("requests (a trace, or a synthetic workload)")
@@ -49,6 +49,13 @@ def add_llm_options(p):
     w.add_argument("--requests", type=int, default=2000, help="requests per replica (workload)")
     w.add_argument("--max-model-len", type=int, default=None,
                    help="workload: context limit; prompts and outputs are cut so P + O <= it")
+    w.add_argument("--tool-calls", type=int, default=0,
+                   help="workload: tool calls per request at most, each at a token drawn "
+                        "uniformly from the output (default 0: none)")
+    w.add_argument("--tool-call-probability", type=float, default=1.0,
+                   help="the chance that each of those calls happens")
+    w.add_argument("--tool-call-seconds", type=float, default=1.0,
+                   help="mean call time (exponential), predicted by --predictor's noise")
     s = p.add_argument_group("scheduler")
     s.add_argument("--policy", default="fcfs", help=f"one of: {', '.join(LLM_POLICY_NAMES)}")
     s.add_argument("--c", type=float, default=0.5, help="sprpt-limited: c in [0, 1]")
@@ -66,6 +73,11 @@ def add_llm_options(p):
                    help="redraw the prediction every K output tokens (noise shrinking)")
     s.add_argument("--preemption", default="recompute", help=" or ".join(PREEMPTION_MODES))
     s.add_argument("--admission", default="optimistic", help=", ".join(ADMISSION_MODES))
+    s.add_argument("--pause-kv", default="keep",
+                   help=f"a request's KV while it waits for a tool call: "
+                        f"{', '.join(PAUSE_KV_MODES)} (auto: keep iff predicted seconds x KV "
+                        f"tokens <= --keep-seconds x free KV tokens)")
+    s.add_argument("--keep-seconds", type=float, default=1.0, help="--pause-kv auto's bound")
     s.add_argument("--prefix-cache", action="store_true",
                    help="keep KV dropped by recompute until its blocks are reused (vLLM's "
                         "prefix caching)")
@@ -141,7 +153,10 @@ def build_llm_system(args):
         if args.rate is None and args.workload != "azure-conversation":
             raise ValueError(f"--workload {args.workload} needs --rate (requests/s)")
         rate = {} if args.rate is None else {"rate": args.rate}
-        workload = WORKLOADS[args.workload](**rate, max_tokens=args.max_model_len)
+        workload = WORKLOADS[args.workload](**rate, max_tokens=args.max_model_len,
+                                            tool_calls=tool_calls(args.tool_calls,
+                                                                  args.tool_call_probability,
+                                                                  args.tool_call_seconds))
     check_choice("predictor", args.predictor, PREDICTOR_NAMES)
     policy, predictor = build_policy(args, LLM_POLICY_NAMES, LINEAR_WEIGHTS), build_predictor(args)
     if args.prefill_instances or args.decode_instances:
@@ -161,6 +176,21 @@ def build_llm_system(args):
     check_count("d", args.d, 0)
     router = Router(args.router, args.d or None)
     return Cluster(systems * (count // len(systems)), router), workload
+
+
+def tool_calls(calls: int, probability: float, seconds: float):
+    """The workload's ToolCalls from --tool-calls, --tool-call-probability and
+    --tool-call-seconds (None without calls)."""
+    from jaxq._checks import check_count, check_range
+    from jaxq.distributions import Exponential
+    from jaxq.llm.workloads import ToolCalls
+
+    check_count("tool_calls", calls, 0)
+    if not calls:
+        return None
+    check_range("tool_call_probability", probability, low=0.0, high=1.0)
+    check_range("tool_call_seconds", seconds, low=0.0, low_open=True)
+    return ToolCalls(calls, probability, Exponential(seconds))
 
 
 def _disaggregated(args, policy, predictor):
@@ -206,7 +236,8 @@ def _instance(args, gpu, policy, predictor):
         refine_every=1 if args.refine_every is None else args.refine_every,
         refine=args.refine_every is not None, kv_bytes_per_token=cost.kv_bytes_per_token,
         seed=args.seed, preemption=args.preemption, admission=args.admission,
-        prefix_cache=args.prefix_cache, **coefficients)
+        prefix_cache=args.prefix_cache, pause_kv=args.pause_kv, keep_seconds=args.keep_seconds,
+        **coefficients)
 
 
 def cmd_llm(args) -> dict:
@@ -231,6 +262,9 @@ def cmd_llm(args) -> dict:
         _write_per_request(args.per_request, result, arrival)
     out = {"policy": args.policy, "predictor": args.predictor, "preemption": args.preemption,
            "admission": args.admission, "prefix_cache": args.prefix_cache}
+    if args.tool_calls:
+        out.update(tool_calls=args.tool_calls, pause_kv=args.pause_kv,
+                   keep_seconds=args.keep_seconds)
     if isinstance(system, (Cluster, Disaggregated)):
         if isinstance(system, Cluster):
             systems = system.systems

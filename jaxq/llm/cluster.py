@@ -25,7 +25,7 @@ from jax import lax
 
 from jaxq._checks import check_choice, check_count
 from jaxq.llm.engine import (EngineParams, EngineSpec, EngineState, Requests, _blocks,
-                             _decode_run, init_state, timed_step)
+                             _decode_run, init_state, next_boundary, timed_step)
 from jaxq.policies import Policy
 from jaxq.predictors import Predictor
 
@@ -127,7 +127,8 @@ def _instance_steps(spec: EngineSpec, p: EngineParams, policy: Policy, predictor
     """One instance's next boundary and iteration, then the pure-decode iterations that may
     follow up to the first boundary at or after the next arrival; a no-op when not live."""
     own = requests._replace(gap=inbox.gap)
-    engine, jump, dt = timed_step(spec, p, policy, predictor, own, key, engine, live, inbox.ids)
+    engine, jump, dt = timed_step(spec, p, policy, predictor, own, key, engine, live, inbox.ids,
+                                  horizon=to_arrival)
     to_arrival = to_arrival - jump - dt
     engine, _, seconds = _decode_run(spec, p, predictor, own, key, engine,
                                      max_iterations - engine.totals.iterations,
@@ -141,8 +142,8 @@ def advance(spec: EngineSpec, inputs: ClusterInputs, state: ClusterState, max_it
     its first boundary at or after the next arrival (after the last one: to its end), or to
     `max_iterations` iterations; at most `max_steps` loop steps when given."""
 
-    def live(st):
-        return (has_work(st.engines, st.inbox) & (st.to_arrival > 0)
+    def live(st):  # a boundary before the next arrival
+        return (has_work(st.engines, st.inbox) & (next_boundary(st.engines) < st.to_arrival)
                 & (st.engines.totals.iterations < max_iterations))
 
     per_instance = jax.vmap(

@@ -33,6 +33,7 @@ from jaxq.policies import JobView, Policy
 from jaxq.predictors import Predictor
 
 PREEMPTION_MODES = ("recompute", "swap")
+PAUSE_KV_MODES = ("keep", "discard", "swap", "auto")
 ADMISSION_MODES = ("optimistic", "reserve-predicted", "reserve-max")
 
 
@@ -45,6 +46,8 @@ class EngineSpec(NamedTuple):
     refine: bool  # redraw predictions every `refine_every` tokens
     prefix_cache: bool = False  # KV dropped by recompute stays cached until its blocks are reused
     prefill_only: bool = False  # a request leaves at its first token (a disaggregated prefill)
+    pauses: int = 0  # M, tool-call pauses per request at most (0: requests never pause)
+    pause_kv: str = "keep"  # a pausing request's KV: "keep", "discard", "swap" or "auto"
 
 
 class EngineParams(eqx.Module):
@@ -62,6 +65,8 @@ class EngineParams(eqx.Module):
     iter_per_decode_seq: jax.Array  # float, seconds per decoding request
     iter_per_kv_token: jax.Array  # float, seconds per KV token attended
     swap_per_token: jax.Array  # float, seconds per KV token moved to or from the host
+    keep_seconds: jax.Array  # float, pause_kv "auto": keep iff predicted pause x KV tokens <=
+    #   keep_seconds x free KV tokens
 
 
 class Requests(NamedTuple):
@@ -74,6 +79,12 @@ class Requests(NamedTuple):
     # (N,) bool or None: prefilled elsewhere (a disaggregated decode instance's arrivals); such
     # a request arrives with its first token (g = 1) and its prompt's KV, not yet on this GPU.
     transferred: jax.Array | None = None
+    # (N, M) each, or None (no pauses): the j-th tool call of each request starts after it
+    # produces token pause_at (1 <= pause_at < O, increasing; 0: no more calls) and lasts
+    # pause_for seconds, predicted to last pause_predicted.
+    pause_at: jax.Array | None = None
+    pause_for: jax.Array | None = None
+    pause_predicted: jax.Array | None = None
 
 
 class Slots(NamedTuple):
@@ -89,6 +100,10 @@ class Slots(NamedTuple):
     resident: jax.Array  # bool, its KV is on the GPU (False with n > 0: swapped to host, or
     #   landed)
     landed: jax.Array  # bool, its KV came over the link and waits, off the GPU and the host
+    paused: jax.Array  # bool, away on a tool call: in the system, never scheduled
+    pausing: jax.Array  # bool, paused at the end of the last iteration: its KV is decided now
+    until_return: jax.Array  # float, time until its call ends (while paused)
+    calls: jax.Array  # int32, tool calls it has started
     age: jax.Array  # float, time since arrival
     preemptions: jax.Array  # int32
 
@@ -110,6 +125,9 @@ class Totals(NamedTuple):
     overflow: jax.Array  # int32, boundaries at which an arrived request found no free slot
     finished: jax.Array  # int32, requests that have left
     prefix_hit_tokens: jax.Array  # int32, KV tokens found in the prefix cache, not recomputed
+    pauses: jax.Array  # int32, tool calls started
+    discarded_tokens: jax.Array  # int32, KV tokens dropped when their request paused
+    paused_kv_token_seconds: jax.Array  # float, integral of GPU KV tokens held by paused requests
 
 
 class FreeQueue(NamedTuple):
@@ -147,12 +165,15 @@ def init_state(spec: EngineSpec, requests: Requests) -> EngineState:
     slots = Slots(active=jnp.zeros((k,), bool), index=zi, prompt=zi, output=zi,
                   prediction=jnp.zeros((k,), ftype), generated=zi, kv=zi,
                   resident=jnp.zeros((k,), bool), landed=jnp.zeros((k,), bool),
+                  paused=jnp.zeros((k,), bool), pausing=jnp.zeros((k,), bool),
+                  until_return=jnp.zeros((k,), ftype), calls=zi,
                   age=jnp.zeros((k,), ftype), preemptions=zi)
     i0, f0 = jnp.zeros((), jnp.int32), jnp.zeros((), ftype)
     totals = Totals(iterations=i0, boundaries=i0, busy_time=f0, elapsed=f0, preemptions=i0,
                     recomputed_tokens=i0, swapped_tokens=i0, peak_kv_tokens=i0,
                     kv_token_seconds=f0, waiting_seconds=f0, batched=i0, overflow=i0,
-                    finished=i0, prefix_hit_tokens=i0)
+                    finished=i0, prefix_hit_tokens=i0, pauses=i0, discarded_tokens=i0,
+                    paused_kv_token_seconds=f0)
     e = k if spec.prefix_cache else 0
     queue = FreeQueue(slot=jnp.full((e,), e, jnp.int32), gap=jnp.zeros((e,), jnp.int32),
                       blocks=jnp.zeros((e,), jnp.int32))
@@ -162,6 +183,16 @@ def init_state(spec: EngineSpec, requests: Requests) -> EngineState:
                        preemptions=jnp.zeros((n,), jnp.int32),
                        handoff_iteration=jnp.zeros((n if spec.prefill_only else 0,), jnp.int32),
                        free_queue=queue, totals=totals)
+
+
+def next_boundary(state: EngineState) -> jax.Array:
+    """Time from the engine's clock (the end of its last iteration) to its next boundary: 0
+    while it has a request to schedule or the KV of a starting call to decide, else its next
+    arrival or the first return from a call (inf: none). Any leading batch axes."""
+    s = state.slots
+    now = jnp.any(s.active & (~s.paused | s.pausing), axis=-1)
+    returns = jnp.min(jnp.where(s.paused, s.until_return, jnp.inf), axis=-1)
+    return jnp.where(now, 0.0, jnp.maximum(jnp.minimum(state.until_next, returns), 0.0))
 
 
 def done(state: EngineState, requests: Requests) -> jax.Array:
@@ -207,6 +238,8 @@ def _admit(spec, requests, state, age, until_next, live, ids):
         kv=jnp.where(landed, requests.prompt[request], jnp.where(take, zero, s.kv)),
         resident=s.resident & ~take,
         landed=jnp.where(take, landed, s.landed),
+        paused=s.paused & ~take, pausing=s.pausing & ~take,
+        until_return=s.until_return, calls=jnp.where(take, zero, s.calls),
         age=jnp.where(take, -rel[jnp.clip(free_rank, 0, k)], age),
         preemptions=jnp.where(take, zero, s.preemptions))
     next_arrival = state.next_arrival + n_admit
@@ -217,7 +250,8 @@ def _admit(spec, requests, state, age, until_next, live, ids):
 
 def _order(policy: Policy, s: Slots) -> jax.Array:
     """Slot ids in the scheduling order: (class, primary, tie-break); class 0 = resident and
-    locked, 1 = other requests, 2 = empty slots (after every request, among themselves by id)."""
+    locked, 1 = other requests, 2 = paused ones, 3 = empty slots (after every request, among
+    themselves by id)."""
     f = s.age.dtype
     view = JobView(size=s.output.astype(f), prediction=s.prediction,
                    attained=s.generated.astype(f), age=s.age, index=s.index,
@@ -225,7 +259,8 @@ def _order(policy: Policy, s: Slots) -> jax.Array:
                    peak=s.prompt.astype(f) + s.prediction)
     rank = policy.rank(view)
     ids = jnp.arange(s.active.shape[0], dtype=jnp.int32)
-    klass = jnp.where(s.active, jnp.where(s.resident & rank.locked, 0, 1), 2).astype(jnp.int32)
+    klass = jnp.where(s.active, jnp.where(s.paused, 2, jnp.where(s.resident & rank.locked, 0, 1)),
+                      3).astype(jnp.int32)
     primary = jnp.where(s.active, rank.primary, 0.0)
     # Unique keys (the tie-break is an arrival index, or a slot id for empty slots), so the order
     # is the one sorted order. Not lax.sort: on CPU it is 9x slower at 48 slots (jaxq/_sorting).
@@ -249,6 +284,7 @@ def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks,
     cap = p.kv_capacity // b
     o = lambda x: x[order]  # noqa: E731  (a slot field in scheduling order)
     active, resident, n, g = o(s.active), o(s.resident), o(s.kv), o(s.generated)
+    paused = o(s.paused)
     prompt = o(s.prompt)
     u = jnp.where(active, prompt + g - n, 0)
     q = jnp.clip(p.max_batched_tokens - (jnp.cumsum(u) - u), 0, u)
@@ -262,7 +298,7 @@ def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks,
     kv_ok = (d + h <= cap) & (resident | (d - new_blocks + _blocks(prompt + g, b) + h <= cap))
     budget_ok = q >= 1
     seqs_ok = position <= p.max_seqs
-    ok = active & kv_ok & budget_ok & seqs_ok & live
+    ok = active & ~paused & kv_ok & budget_ok & seqs_ok & live
     if spec.admission != "optimistic":
         if spec.admission == "reserve-max":
             expected = jnp.broadcast_to(p.max_output, g.shape)
@@ -274,7 +310,9 @@ def _form_batch(spec: EngineSpec, p: EngineParams, s: Slots, order, host_blocks,
     failures = jnp.cumsum(~ok)
     scheduled = failures == 0
     first_failure = (failures == 1) & ~ok
-    cannot_grow = jnp.any(first_failure & active & resident & budget_ok & seqs_ok & ~kv_ok)
+    # A paused request does not grow: it never triggers the rule.
+    cannot_grow = jnp.any(first_failure & active & ~paused & resident & budget_ok & seqs_ok
+                          & ~kv_ok)
     d_batch = jnp.sum(jnp.where(scheduled, new_blocks, 0))
     kept = resident & ~scheduled & (d_batch + h <= cap) & ~cannot_grow
     evicted = resident & ~scheduled & ~kept & live
@@ -357,6 +395,38 @@ def _take_and_pop(queue: FreeQueue, taken, popped) -> FreeQueue:
     return FreeQueue(slot=put(e, queue.slot), gap=put(0, gap), blocks=put(0, blocks))
 
 
+def _pause_kv(spec: EngineSpec, p: EngineParams, requests: Requests, s: Slots, host_blocks,
+              live):
+    """The requests that paused at this boundary's instant (`pausing`) keep, discard or swap
+    their KV. Returns (slots, host blocks in use, tokens swapped out, tokens discarded)."""
+    b = p.block_size
+    pausing = s.pausing & live
+    n = s.kv
+    # "auto": keep a call whose predicted memory-time (seconds x KV tokens) is at most
+    # keep_seconds of the free KV tokens at this instant; otherwise as the engine preempts.
+    column = jnp.maximum(s.calls - 1, 0)[:, None]
+    predicted = jnp.take_along_axis(requests.pause_predicted[s.index], column, axis=1)[:, 0]
+    free = (p.kv_capacity // b) * b - jnp.sum(jnp.where(s.active & s.resident, n, 0))
+    if spec.pause_kv == "auto":
+        keep = predicted * n <= p.keep_seconds * free
+        want_swap = ~keep & (spec.preemption == "swap")
+    else:
+        keep = jnp.full_like(pausing, spec.pause_kv == "keep")
+        want_swap = jnp.full_like(pausing, spec.pause_kv == "swap")
+    leave = pausing & ~keep & s.resident
+    # Swapped while the host has room, in order of request index.
+    wants = leave & want_swap
+    blocks = jnp.where(wants, _blocks(n, b), 0)
+    earlier = jnp.sum(jnp.where(s.index[None, :] < s.index[:, None], blocks[None, :], 0),
+                      axis=1)
+    swap = wants & (earlier + blocks <= p.host_capacity // b - host_blocks)
+    discard = leave & ~swap
+    slots = s._replace(pausing=s.pausing & ~live, kv=jnp.where(discard, 0, n),
+                       resident=s.resident & ~leave)
+    return (slots, host_blocks + jnp.sum(jnp.where(swap, _blocks(n, b), 0)),
+            jnp.sum(jnp.where(swap, n, 0)), jnp.sum(jnp.where(discard, n, 0)))
+
+
 def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
          requests: Requests, key: jax.Array, state: EngineState, live=True) -> EngineState:
     """One boundary and the iteration that follows it: a no-op once every request has left, or
@@ -365,26 +435,46 @@ def step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor
 
 
 def timed_step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Predictor,
-               requests: Requests, key: jax.Array, state: EngineState, live=True, ids=None
-               ) -> tuple[EngineState, jax.Array, jax.Array]:
+               requests: Requests, key: jax.Array, state: EngineState, live=True, ids=None,
+               horizon=jnp.inf) -> tuple[EngineState, jax.Array, jax.Array]:
     """`step`, also returning how far the engine's clock moved: the jump to the next arrival of
     an empty engine and the iteration's length (both 0 when nothing happened). ids: see
-    `_admit`."""
+    `_admit`. horizon: an engine with nothing to schedule whose next event is this far from
+    its clock or later stays where it is (an instance of a cluster, before the next arrival
+    at the cluster), after the decisions on the KV of calls that start now."""
     n_requests = requests.gap.shape[0]
     s, t = state.slots, state.totals
-    idle = ~jnp.any(s.active) & (state.next_arrival < n_requests) & live
-    # An empty engine jumps to the next arrival, unless that request arrived during the
-    # iteration that emptied the engine (until_next < 0): then it starts at this boundary.
-    jump = jnp.where(idle, jnp.maximum(state.until_next, 0.0), 0.0)
-    s, next_arrival, until_next, overflow = _admit(spec, requests, state, s.age + jump,
-                                                   state.until_next - jump, live, ids)
-    order = _order(policy, s)
     b = p.block_size
+    # An engine with no request to schedule jumps to the next arrival or the first return from
+    # a tool call, unless that moment has passed (it came during the iteration that emptied the
+    # engine, until_next < 0): then it is this boundary.
+    host_blocks = state.host_blocks
+    pause_swapped = discarded = jnp.zeros((), jnp.int32)
+    next_event = state.until_next
+    if spec.pauses:
+        # The KV of requests that paused at this instant is decided first, then the engine
+        # may jump, then the calls that have ended by then return.
+        s, host_blocks, pause_swapped, discarded = _pause_kv(spec, p, requests, s,
+                                                             host_blocks, live)
+        next_event = jnp.minimum(next_event, jnp.min(jnp.where(s.paused, s.until_return,
+                                                               jnp.inf)))
+    waiting = (state.next_arrival < n_requests) | jnp.any(s.paused)
+    idle = ~jnp.any(s.active & ~s.paused) & waiting & live
+    live = live & ~(idle & (next_event >= horizon))
+    jump = jnp.where(idle & live, jnp.maximum(next_event, 0.0), 0.0)
+    held_away = jnp.sum(jnp.where(s.paused & s.resident, s.kv, 0))  # GPU KV of paused ones
+    if spec.pauses:
+        returning = s.paused & (s.until_return - jump <= 0) & live
+        s = s._replace(paused=s.paused & ~returning,
+                       until_return=jnp.where(s.paused, s.until_return - jump, s.until_return))
+    s, next_arrival, until_next, overflow = _admit(spec, requests, state._replace(slots=s),
+                                                   s.age + jump, state.until_next - jump, live,
+                                                   ids)
+    order = _order(policy, s)
     # A request with blocks in the prefix cache counts as holding them (README).
     hit = (_cached_blocks(state.free_queue, spec.slots) if spec.prefix_cache
            else jnp.zeros_like(s.kv))
-    batch = _form_batch(spec, p, s._replace(kv=s.kv + hit * b), order, state.host_blocks,
-                        live)
+    batch = _form_batch(spec, p, s._replace(kv=s.kv + hit * b), order, host_blocks, live)
 
     n, g = s.kv + hit * b, s.generated
     u = s.prompt + g - n
@@ -395,11 +485,13 @@ def timed_step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Pre
     prefill_tokens = jnp.sum(jnp.where(batch.scheduled & ~decoding, batch.tokens, 0))
     decode_seqs = jnp.sum(decoding)
     kv_attended = jnp.sum(jnp.where(batch.scheduled, n + batch.tokens, 0))
-    swapped = jnp.sum(jnp.where(swap_in | batch.swapped_out, n, 0))
+    # Pauses swapped out before a jump were copied while the engine was idle: no time.
+    swapped = jnp.sum(jnp.where(swap_in | batch.swapped_out, n, 0)) + pause_swapped
     busy = jnp.any(s.active) & live
     dt = (p.iter_base + p.iter_per_prefill_token * prefill_tokens.astype(f)
           + p.iter_per_decode_seq * decode_seqs.astype(f)
-          + p.iter_per_kv_token * kv_attended.astype(f) + p.swap_per_token * swapped.astype(f))
+          + p.iter_per_kv_token * kv_attended.astype(f)
+          + p.swap_per_token * (swapped - jnp.where(jump > 0, pause_swapped, 0)).astype(f))
     dt = jnp.where(busy, dt, 0.0)
 
     # The iteration: process, produce tokens, preempt, leave.
@@ -420,7 +512,7 @@ def timed_step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Pre
     age = s.age + dt
     resident_kv = jnp.sum(jnp.where((s.resident & ~batch.evicted) | batch.scheduled, kv, 0))
     recomputed = batch.evicted & ~batch.swapped_out
-    host_blocks = (state.host_blocks
+    host_blocks = (host_blocks
                    + jnp.sum(jnp.where(batch.swapped_out, _blocks(n, b), 0))
                    - jnp.sum(jnp.where(swap_in, _blocks(n, b), 0)))
     prediction = _refine(spec, p, predictor, key, s, produced, generated)
@@ -431,12 +523,31 @@ def timed_step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Pre
     ttft = state.ttft.at[jnp.where(first, s.index, n_requests)].set(age, mode="drop")
     handoff = state.handoff_iteration.at[jnp.where(first, s.index, n_requests)].set(
         t.iterations + 1, mode="drop")
+    resident = ((s.resident & ~batch.evicted) | batch.scheduled) & ~leaving
+    # Tool calls: a request that produced the token of its next call pauses at the end of this
+    # iteration; the KV of those paused meanwhile, held on the GPU, is counted.
+    held_away_now = jnp.sum(jnp.where(s.paused & resident, kv, 0))
+    # (s.pausing is still set only when this step was not live: then it must stay. Only a
+    # paused request's clock runs, so that decode runs, which have none, leave the state as
+    # their iterations one by one would.)
+    paused, pausing, calls = s.paused, s.pausing, s.calls
+    until_return = jnp.where(paused, s.until_return - dt, s.until_return)
+    if spec.pauses:
+        column = jnp.minimum(s.calls, spec.pauses - 1)[:, None]
+        at = jnp.take_along_axis(requests.pause_at[s.index], column, axis=1)[:, 0]
+        seconds = jnp.take_along_axis(requests.pause_for[s.index], column, axis=1)[:, 0]
+        starts = (produced & ~leaving & (s.calls < spec.pauses) & (at > 0)
+                  & (generated == at))
+        paused = paused | starts
+        pausing = pausing | starts
+        until_return = jnp.where(starts, seconds, until_return)
+        calls = calls + starts
     slots = Slots(
         active=s.active & ~leaving, index=s.index, prompt=s.prompt, output=s.output,
         prediction=prediction, generated=generated,
-        kv=jnp.where(recomputed | leaving, 0, kv),
-        resident=((s.resident & ~batch.evicted) | batch.scheduled) & ~leaving,
-        landed=s.landed & ~batch.scheduled, age=age, preemptions=preemptions)
+        kv=jnp.where(recomputed | leaving, 0, kv), resident=resident,
+        landed=s.landed & ~batch.scheduled, paused=paused, pausing=pausing,
+        until_return=until_return, calls=calls, age=age, preemptions=preemptions)
     in_batch = jnp.sum(batch.scheduled)
     totals = Totals(
         iterations=t.iterations + busy,
@@ -452,7 +563,11 @@ def timed_step(spec: EngineSpec, p: EngineParams, policy: Policy, predictor: Pre
         batched=t.batched + in_batch,
         overflow=t.overflow + overflow,
         finished=t.finished + jnp.sum(leaving),
-        prefix_hit_tokens=t.prefix_hit_tokens + jnp.sum(jnp.where(batch.scheduled, hit * b, 0)))
+        prefix_hit_tokens=t.prefix_hit_tokens + jnp.sum(jnp.where(batch.scheduled, hit * b, 0)),
+        pauses=t.pauses + jnp.sum(pausing & ~s.pausing),
+        discarded_tokens=t.discarded_tokens + discarded,
+        paused_kv_token_seconds=(t.paused_kv_token_seconds + jump * held_away.astype(f)
+                                 + dt * held_away_now.astype(f)))
     new = EngineState(slots=slots, next_arrival=next_arrival, until_next=until_next - dt,
                       host_blocks=host_blocks, ttft=ttft, latency=latency,
                       preemptions=request_preemptions, handoff_iteration=handoff,
@@ -491,6 +606,7 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     blocks_after_one = jnp.sum(jnp.where(s.active, _blocks(s.kv + 1, b), 0))
     u = jnp.minimum(state.until_next, horizon)
     eligible = ((seqs >= 1) & jnp.all(~s.active | decoding) & (u > 0)
+                & ~jnp.any(s.active & (s.paused | s.pausing))
                 & (seqs <= p.max_seqs) & (seqs <= p.max_batched_tokens)
                 & (blocks_after_one <= cap))
 
@@ -518,6 +634,11 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     if spec.refine:
         k = jnp.maximum(p.refine_every, 1)
         limits.append(jnp.min(jnp.where(s.active, k - s.generated % k, big)))
+    if spec.pauses:  # stop before the token that starts a call: a full boundary makes it
+        column = jnp.minimum(s.calls, spec.pauses - 1)[:, None]
+        at = jnp.take_along_axis(requests.pause_at[s.index], column, axis=1)[:, 0]
+        calls_left = s.active & (s.calls < spec.pauses) & (at > s.generated)
+        limits.append(jnp.min(jnp.where(calls_left, at - s.generated - 1, big)))
     m = jnp.where(eligible, jnp.maximum(jnp.min(jnp.stack(limits)), 0), 0)
     mf = m.astype(f)
     seconds = elapsed(mf)

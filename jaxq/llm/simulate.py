@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxq._checks import check_choice, check_count, check_nonnegative, check_range
-from jaxq.llm.engine import (ADMISSION_MODES, PREEMPTION_MODES, EngineParams, EngineSpec,
-                             EngineState, Requests, init_state, run)
+from jaxq.llm.engine import (ADMISSION_MODES, PAUSE_KV_MODES, PREEMPTION_MODES, EngineParams,
+                             EngineSpec, EngineState, Requests, init_state, run)
 from jaxq.llm.workloads import LLMWorkload, Trace
 from jaxq.policies import FCFS, LLM_POLICIES, Policy, without_aging
 from jaxq.predictors import Perfect, Predictor
@@ -34,7 +34,7 @@ from jaxq.simulate import CapacityError, _as_key, _replica_keys
 from jaxq.system import batch_shape, flatten
 
 QUANTILES = (0.5, 0.9, 0.99)
-_STREAM_WORKLOAD, _STREAM_PREDICTIONS, _STREAM_REFINE = 0, 1, 2
+_STREAM_WORKLOAD, _STREAM_PREDICTIONS, _STREAM_REFINE, _STREAM_CALLS = 0, 1, 2, 5
 _INT_FIELDS = ("kv_capacity", "block_size", "max_seqs", "max_batched_tokens", "host_capacity",
                "max_output", "refine_every")
 _FLOAT_FIELDS = ("iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
@@ -64,11 +64,15 @@ class LLMSystem(eqx.Module):
     iter_per_kv_token: jax.Array  # seconds
     swap_per_token: jax.Array  # seconds
     kv_bytes_per_token: jax.Array  # bytes, only to report swapped bytes
+    keep_seconds: jax.Array  # pause_kv "auto": keep a paused request's KV iff its predicted
+    #   call seconds x its KV tokens <= keep_seconds x the free KV tokens
     seed: jax.Array  # int: configurations with equal seeds see the same requests
     preemption: str = eqx.field(static=True)
     admission: str = eqx.field(static=True)
     refine: bool = eqx.field(static=True)
     prefix_cache: bool = eqx.field(static=True)
+    pause_kv: str = eqx.field(static=True)  # a request pausing for a tool call: its KV is kept,
+    #   discarded, swapped, or chosen by "auto"
 
     def __init__(self, policy: Policy | None = None, predictor: Predictor | None = None, *,
                  kv_capacity=None, block_size=16, max_seqs=256, max_batched_tokens=2048,
@@ -76,7 +80,7 @@ class LLMSystem(eqx.Module):
                  iter_base=None, iter_per_prefill_token=None, iter_per_decode_seq=None,
                  iter_per_kv_token=None, swap_per_token=None, kv_bytes_per_token=None,
                  seed=0, preemption="recompute", admission="optimistic", refine=False,
-                 prefix_cache=False):
+                 prefix_cache=False, pause_kv="keep", keep_seconds=1.0):
         self.policy = FCFS() if policy is None else policy
         self.predictor = Perfect() if predictor is None else predictor
         given = dict(locals())
@@ -87,6 +91,8 @@ class LLMSystem(eqx.Module):
         for name in _FLOAT_FIELDS:
             setattr(self, name, jnp.asarray(value(name), dtype=float))
         self.kv_bytes_per_token = jnp.asarray(value("kv_bytes_per_token"), dtype=float)
+        self.keep_seconds = jnp.asarray(keep_seconds, dtype=float)
+        self.pause_kv = check_choice("pause_kv", pause_kv, PAUSE_KV_MODES)
         self.seed = jnp.asarray(seed, dtype=jnp.int32)
         self.preemption = check_choice("preemption", preemption, PREEMPTION_MODES)
         self.admission = check_choice("admission", admission, ADMISSION_MODES)
@@ -102,7 +108,7 @@ class LLMSystem(eqx.Module):
         blocks = np.asarray(self.kv_capacity) // np.asarray(self.block_size)
         if np.any(blocks < 1):
             raise ValueError("kv_capacity must hold at least one block (>= block_size tokens)")
-        for name in _FLOAT_FIELDS + ("kv_bytes_per_token",):
+        for name in _FLOAT_FIELDS + ("kv_bytes_per_token", "keep_seconds"):
             check_nonnegative(name, getattr(self, name))
         base = without_aging(self.policy)
         if base.name not in LLM_POLICIES:
@@ -110,7 +116,8 @@ class LLMSystem(eqx.Module):
                              f"{', '.join(LLM_POLICIES)}")
 
     def params(self) -> EngineParams:
-        return EngineParams(**{name: getattr(self, name) for name in _INT_FIELDS + _FLOAT_FIELDS})
+        return EngineParams(keep_seconds=self.keep_seconds,
+                            **{name: getattr(self, name) for name in _INT_FIELDS + _FLOAT_FIELDS})
 
 
 def _default_costs() -> dict:
@@ -170,6 +177,10 @@ class LLMResult:
     completed: np.ndarray  # S, measured requests that finished, over replicas
     overflow: np.ndarray  # S, boundaries at which an arrival found no free slot (0: valid)
     unfinished: np.ndarray  # S, requests still in system when the run was stopped
+    pauses: np.ndarray  # S, tool calls started, total over replicas
+    discarded_tokens: np.ndarray  # S, KV tokens dropped when their request paused
+    paused_kv_token_seconds: np.ndarray  # S, mean over replicas of the time integral of GPU KV
+    #   tokens held by paused requests
     ttft: np.ndarray  # S + (R, N) per request, NaN if never produced
     latency: np.ndarray  # S + (R, N)
     request_preemptions: np.ndarray  # S + (R, N)
@@ -276,8 +287,7 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
     keys = keys.reshape(-1)
     reqs = _requests(per, workload, keys, n, is_trace)
     _check_fits(per, reqs, workload if is_trace else None)
-    spec = EngineSpec(slots=slots, preemption=system.preemption, admission=system.admission,
-                      refine=system.refine, prefix_cache=system.prefix_cache)
+    spec = engine_spec(system, slots, reqs)
     refine_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_REFINE))(keys)
     limit = (max_iterations if max_iterations is not None
              else 20 * int(np.max(np.sum(np.asarray(reqs.prompt) + np.asarray(reqs.output),
@@ -296,6 +306,17 @@ def simulate(system: LLMSystem, workload: LLMWorkload | Trace, *, requests: int 
                         time.perf_counter() - start, kv_use, swapped_bytes)
     _report_problems(result, slots, on_overflow)
     return result
+
+
+def engine_spec(system: LLMSystem, slots: int, reqs: Requests) -> EngineSpec:
+    """The static choices of `system`'s runs on `reqs` (their tool calls fix `pauses`)."""
+    pauses = 0 if reqs.pause_at is None else reqs.pause_at.shape[-1]
+    if pauses and system.prefix_cache:
+        raise ValueError("the prefix cache is not modelled together with tool calls; turn one "
+                         "of them off")
+    return EngineSpec(slots=slots, preemption=system.preemption, admission=system.admission,
+                      refine=system.refine, prefix_cache=system.prefix_cache, pauses=pauses,
+                      pause_kv=system.pause_kv)
 
 
 def _default_lanes(runs: int, workers: int) -> int:
@@ -420,7 +441,39 @@ def _requests(per: LLMSystem, workload, keys, n, is_trace) -> Requests:
             per.predictor, pred_keys, output)
     # A prediction of 0 tokens carries no information the model can use; 1 is the least output.
     prediction = jnp.maximum(prediction, 1e-6)
-    return Requests(gap=gaps, prompt=prompt, output=output, prediction=prediction)
+    calls = _tool_calls(per, workload, keys, output, is_trace, count, n, ftype)
+    return Requests(gap=gaps, prompt=prompt, output=output, prediction=prediction, **calls)
+
+
+def _tool_calls(per: LLMSystem, workload, keys, output, is_trace, count, n, ftype) -> dict:
+    """The Requests fields of tool calls ((B*R, N, M) each), or none: the trace's, or sampled
+    with the workload's ToolCalls, their times predicted by the system's predictor."""
+    if is_trace:
+        if workload.pause_at is None:
+            return {}
+        at = np.asarray(workload.pause_at)
+        _check_calls(at, np.asarray(workload.output_tokens), workload.source)
+        grow = lambda x, t: jnp.broadcast_to(jnp.asarray(x, t), (count,) + at.shape)  # noqa
+        return dict(pause_at=grow(at, jnp.int32), pause_for=grow(workload.pause_seconds, ftype),
+                    pause_predicted=grow(workload.pause_predicted, ftype))
+    if workload.tool_calls is None:
+        return {}
+    call_keys = jax.vmap(lambda k: jax.random.fold_in(k, _STREAM_CALLS))(keys)
+    at, seconds = jax.vmap(lambda k, o: workload.tool_calls.sample(k, o))(call_keys, output)
+    predicted = jax.vmap(lambda pr, k, t: t * pr.multiplier(jax.random.fold_in(k, 1), t.shape))(
+        per.predictor, call_keys, seconds.astype(ftype))
+    return dict(pause_at=at.astype(jnp.int32), pause_for=seconds.astype(ftype),
+                pause_predicted=jnp.maximum(predicted, 1e-9))
+
+
+def _check_calls(at, output, source):
+    """Each row of `at` (N, M): positions 1 <= at < O, increasing, then zeros."""
+    for i, row in enumerate(at):
+        present = row[row > 0]
+        if (np.any(row < 0) or np.any(np.diff(present) <= 0) or np.any(present >= output[i])
+                or np.any(row[len(present):] != 0)):
+            raise ValueError(f"{source}: request {i}: pause_at must hold increasing token "
+                             f"positions 1 <= at < O ({output[i]}), then zeros; got {row}")
 
 
 def _check_fits(per: LLMSystem, reqs: Requests, trace: Trace | None):
@@ -513,6 +566,8 @@ def _summarise(state: EngineState, reqs: Requests, shape, replicas, warmup, ttft
             completed=n_measured,
             overflow=sums(t.overflow),
             unfinished=sums(ttft.shape[-1] - t.finished),
+            pauses=sums(t.pauses), discarded_tokens=sums(t.discarded_tokens),
+            paused_kv_token_seconds=np.mean(t.paused_kv_token_seconds, axis=-1),
             ttft=ttft, latency=latency, request_preemptions=grid(state.preemptions),
             arrival_time=arrival, output_tokens=output, warmup=warmup, seconds=seconds,
             **extra)

@@ -25,14 +25,15 @@ import numpy as np
 from jaxq._checks import check_count
 from jaxq.llm.cluster import (ClusterInputs, ClusterState, Router, advance, has_work,
                               init_cluster, route_arrivals)
-from jaxq.llm.engine import EngineSpec, EngineState
+from jaxq.llm.engine import EngineState
 from jaxq.llm.simulate import (_STREAM_REFINE, LLMSystem, _batch_shape, _check_fits,
-                               _default_workers, _requests, _summarise)
+                               _default_workers, _requests, _summarise, engine_spec)
 from jaxq.simulate import _as_key, _replica_keys
 from jaxq.system import broadcast
 
 _STREAM_ROUTER = 3
-_SHARED = ("policy", "predictor", "seed", "preemption", "admission", "refine", "prefix_cache")
+_SHARED = ("policy", "predictor", "seed", "preemption", "admission", "refine", "prefix_cache",
+           "pause_kv", "keep_seconds")
 
 
 class Cluster(eqx.Module):
@@ -110,8 +111,7 @@ def simulate_cluster(cluster: Cluster, workload, n, is_trace, slots, replicas, w
     reqs = _requests(first, workload, keys, n, is_trace)
     for system in per:
         _check_fits(system, reqs, workload if is_trace else None)
-    spec = EngineSpec(slots=slots, preemption=first.preemption, admission=first.admission,
-                      refine=first.refine, prefix_cache=first.prefix_cache)
+    spec = engine_spec(first, slots, reqs)
     params = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs, axis=1),
                                     *[s.params() for s in per])  # fields (B*R, I)
     instances, router = cluster.instances, cluster.router

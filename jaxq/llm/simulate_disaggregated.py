@@ -117,6 +117,9 @@ def simulate_disaggregated(pd: Disaggregated, workload, n, is_trace, slots, repl
     bandwidth = np.repeat(np.broadcast_to(np.asarray(pd.kv_link_bandwidth, np.float64),
                                           shape).reshape(-1), replicas)
     reqs = _requests(first, workload, keys, n, is_trace)
+    if reqs.pause_at is not None:
+        raise ValueError("tool calls are not modelled with disaggregation yet (a call would "
+                         "pause a request between its prefill and decode instances)")
     for system in per:
         _check_fits(system, reqs, workload if is_trace else None)
     n_prefill, n_decode = len(pd.prefill), len(pd.decode)

@@ -34,7 +34,7 @@ import numpy as np
 
 from jaxq._checks import check_positive
 from jaxq.arrivals import Arrivals, Poisson, Renewal
-from jaxq.distributions import Distribution, Lognormal
+from jaxq.distributions import Distribution, Exponential, Lognormal
 
 
 class TraceError(ValueError):
@@ -51,6 +51,11 @@ class Trace:
     predicted_output_tokens: np.ndarray | None  # (N,) float64 >= 0, if the file has them
     source: str  # the file it was read from
     line: np.ndarray | None = None  # (N,) int, each request's line in that file
+    # Tool calls (set programmatically; trace files carry none): (N, M) each, as in
+    # jaxq.llm.engine.Requests (pause_at 0: no more calls).
+    pause_at: np.ndarray | None = None
+    pause_seconds: np.ndarray | None = None
+    pause_predicted: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.arrival_time.shape[0])
@@ -148,6 +153,45 @@ def lognormal_tokens(mu: float, sigma: float) -> Lognormal:
     return Lognormal(sigma=sigma, mean=math.exp(mu + 0.5 * sigma**2))
 
 
+class ToolCalls(eqx.Module):
+    """Requests that pause for tool calls (augmented LLMs): each request draws `calls` call
+    positions uniformly among its output tokens 1 .. O - 1 (each kept with probability
+    `probability`; positions that coincide count once), and each call lasts a time drawn from
+    `seconds`. Calls are predicted with the system's predictor (its multiplier on the time)."""
+
+    calls: int = eqx.field(static=True)
+    probability: jax.Array
+    seconds: Distribution
+
+    def __init__(self, calls: int = 1, probability=1.0, seconds: Distribution | None = None):
+        if not isinstance(calls, int) or calls < 1:
+            raise ValueError(f"calls must be an integer >= 1, got {calls!r}")
+        self.calls = calls
+        self.probability = jnp.asarray(probability, dtype=float)
+        self.seconds = Exponential(1.0) if seconds is None else seconds
+
+    def __check_init__(self):
+        p = self.probability
+        if not isinstance(p, jax.core.Tracer) and np.any((np.asarray(p) < 0)
+                                                           | (np.asarray(p) > 1)):
+            raise ValueError(f"probability must lie in [0, 1], got {np.asarray(p)}")
+
+    def sample(self, key: jax.Array, output) -> tuple[jax.Array, jax.Array]:
+        """(pause_at, seconds), each (n, calls), for requests of `output` tokens ((n,)):
+        positions increasing along each row, 0 where a call is absent (after the present ones)."""
+        k_at, k_keep, k_seconds = jax.random.split(key, 3)
+        n = output.shape[0]
+        u = jax.random.uniform(k_at, (n, self.calls))
+        at = jnp.sort(1 + jnp.floor(u * (output[:, None] - 1)).astype(jnp.int32), axis=1)
+        keep = jax.random.uniform(k_keep, (n, self.calls)) < self.probability
+        repeat = jnp.concatenate([jnp.zeros((n, 1), bool), at[:, 1:] == at[:, :-1]], axis=1)
+        keep &= ~repeat & (output[:, None] >= 2)
+        big = jnp.iinfo(jnp.int32).max
+        at = jnp.sort(jnp.where(keep, at, big), axis=1)
+        at = jnp.where(at == big, 0, at)
+        return at, self.seconds.sample(k_seconds, (n, self.calls))
+
+
 class LLMWorkload(eqx.Module):
     """Synthetic requests: token counts from two laws (rounded, at least 1) and an arrival
     process at `rate` requests per second. Fields are arrays, so a batch of workloads (say, a
@@ -163,6 +207,7 @@ class LLMWorkload(eqx.Module):
     arrivals: Arrivals
     rate: jax.Array  # () or (batch,) requests per second
     max_tokens: int | None = eqx.field(static=True, default=None)
+    tool_calls: ToolCalls | None = None
 
     def __check_init__(self):
         check_positive("rate", self.rate)
@@ -181,16 +226,18 @@ class LLMWorkload(eqx.Module):
         return self.arrivals.gaps(k_gap, (n,), self.rate), prompt, output
 
 
-def _azure_conversation(rate=5.5, max_tokens=None):
+def _azure_conversation(rate=5.5, max_tokens=None, tool_calls=None):
     return LLMWorkload(prompt=lognormal_tokens(6.633, 0.985),
                        output=lognormal_tokens(5.019, 0.859), arrivals=Poisson(),
-                       rate=jnp.asarray(rate, dtype=float), max_tokens=max_tokens)
+                       rate=jnp.asarray(rate, dtype=float), max_tokens=max_tokens,
+                       tool_calls=tool_calls)
 
 
-def _azure_code(rate, max_tokens=None):
+def _azure_code(rate, max_tokens=None, tool_calls=None):
     return LLMWorkload(prompt=lognormal_tokens(6.999, 1.360),
                        output=lognormal_tokens(2.788, 0.847), arrivals=Renewal(cv=13.0),
-                       rate=jnp.asarray(rate, dtype=float), max_tokens=max_tokens)
+                       rate=jnp.asarray(rate, dtype=float), max_tokens=max_tokens,
+                       tool_calls=tool_calls)
 
 
 # name -> constructor taking the rate (requests/s) and an optional max_tokens (context limit);

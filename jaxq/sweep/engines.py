@@ -98,23 +98,25 @@ class LLMEngine:
                 setattr(args, name, float(getattr(one, name)))
         options = simulate_options(args, isinstance(workload, Trace))
         # The workload is static: it is sampled for the whole call.
-        requests = (args.trace, args.workload, args.rate, args.requests, args.max_model_len)
+        requests = (args.trace, args.workload, args.rate, args.requests, args.max_model_len,
+                    (args.tool_calls, args.tool_call_probability, args.tool_call_seconds))
         return system, (requests, tuple(sorted(options.items())))
 
     @staticmethod
     def run(system, static: tuple) -> tuple[list[dict], list[np.ndarray]]:
         """(metrics of each configuration, each one's measured requests' latencies (R * M,)
         seconds: replicas one after another, NaN for a request that did not finish)."""
-        from jaxq.llm.cli import llm_metrics
+        from jaxq.llm.cli import llm_metrics, tool_calls
         from jaxq.llm.simulate import simulate
         from jaxq.llm.workloads import WORKLOADS, read_trace
 
-        (trace, workload, rate, _, max_model_len), options = static
+        (trace, workload, rate, _, max_model_len, calls), options = static
         if trace is not None:
             requests = read_trace(trace)
         else:
             requests = WORKLOADS[workload](**({} if rate is None else {"rate": rate}),
-                                           max_tokens=max_model_len)
+                                           max_tokens=max_model_len,
+                                           tool_calls=tool_calls(*calls))
         result = simulate(system, requests, **dict(options), key=0, on_overflow="ignore")
         configs = range(result.ttft_mean.shape[0])
         return ([llm_metrics(result, i) for i in configs],
