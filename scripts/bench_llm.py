@@ -44,6 +44,7 @@ How:
     python scripts/bench_llm.py            # the table, about 75 s on 2 cores
     python scripts/bench_llm.py --quick    # smoke run, tiny sizes
     python scripts/bench_llm.py --json     # one JSON object instead of the table
+    python scripts/bench_llm.py --tool-calls 2   # requests that pause for tool calls
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ ENGINE_FIELDS = ("kv_capacity", "block_size", "max_seqs", "max_batched_tokens", 
                  "max_output", "iter_base", "iter_per_prefill_token", "iter_per_decode_seq",
                  "iter_per_kv_token", "swap_per_token")
 LAW_SAMPLES = 100_000
+# --tool-calls N: each of N calls present with this probability, exponential seconds of this mean;
+# --pause-kv auto keeps a call's KV iff predicted seconds x its tokens <= KEEP_SECONDS x free.
+TOOL_CALL_PROBABILITY, TOOL_CALL_SECONDS, KEEP_SECONDS = 0.5, 2.0, 1.0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,7 +83,7 @@ def capped_workload(args):
     import jax.numpy as jnp
     import numpy as np
     import jaxq
-    from jaxq.llm import WORKLOADS, LLMWorkload
+    from jaxq.llm import WORKLOADS, LLMWorkload, ToolCalls
 
     preset = WORKLOADS["azure-conversation"](rate=args.rate)
     prompt_cap = args.kv_capacity * 3 // 4
@@ -90,8 +94,12 @@ def capped_workload(args):
         raw = jnp.round(law.sample(jax.random.key(key), (LAW_SAMPLES,)))
         capped[name] = {"cap": cap, "fraction_capped": float(np.mean(np.asarray(raw) > cap))}
         laws[name] = jaxq.Empirical(jnp.clip(raw, 1, cap))
+    calls = None
+    if args.tool_calls:
+        calls = ToolCalls(args.tool_calls, TOOL_CALL_PROBABILITY,
+                          jaxq.Exponential(TOOL_CALL_SECONDS))
     workload = LLMWorkload(prompt=laws["prompt"], output=laws["output"],
-                           arrivals=preset.arrivals, rate=preset.rate)
+                           arrivals=preset.arrivals, rate=preset.rate, tool_calls=calls)
     return workload, capped
 
 
@@ -102,7 +110,9 @@ def make_system(args):
 
     return LLMSystem(jaxq.SPRPT(), jaxq.LognormalNoise(jnp.linspace(0.0, 2.0, args.configs)),
                      kv_capacity=args.kv_capacity, preemption="recompute",
-                     admission="optimistic", seed=jnp.arange(args.configs))
+                     admission="optimistic", seed=jnp.arange(args.configs),
+                     pause_kv=args.pause_kv, keep_seconds=KEEP_SECONDS,
+                     host_capacity=args.kv_capacity)
 
 
 def sampled_requests(system, workload, n: int, key: int):
@@ -171,9 +181,12 @@ def bench_jaxq(args):
     arrival = np.asarray(result.arrival_time).reshape(args.configs, -1)
     latency = np.asarray(result.latency).reshape(args.configs, -1)
     devices = jax.devices()
-    lanes = min(args.configs, args.lanes or simulate_module._default_lanes(args.configs))
+    workers = simulate_module._default_workers()
+    lanes = min(args.configs, args.lanes or simulate_module._default_lanes(args.configs, workers))
+    workers = max(1, min(workers, args.configs // lanes))  # as simulate's _run_all
     row = {
-        "engine": f"jaxq {jaxq.__version__} (vmapped, 1 CPU device, {lanes} lanes)",
+        "engine": f"jaxq {jaxq.__version__} (vmapped, {lanes} lanes x {workers} worker "
+                  f"threads, 1 CPU device)",
         "configs": args.configs, "iterations": int(iterations.sum()), "seconds": seconds,
         "config_iterations_per_second": float(iterations.sum()) / seconds,
         "cpu_seconds": cpu, "preemptions": int(preemptions.sum()),
@@ -188,6 +201,7 @@ def bench_jaxq(args):
                                    "mean": float(preemptions.mean()),
                                    "max": int(preemptions.max())},
         "configs_with_preemptions": int(np.sum(preemptions > 0)),
+        "pauses": int(np.sum(result.pauses)),
         "peak_kv_tokens": int(np.max(result.peak_kv_tokens)),
         "max_in_system": int(np.max(max_in_system(arrival, latency))),
         "mean_batch_size": float(np.mean(result.mean_batch_size)),
@@ -224,10 +238,24 @@ def reference_tasks(args, result, system, workload):
     tasks = []
     for i in subset:
         fields = {name: np.asarray(getattr(flat, name)[i]).item() for name in ENGINE_FIELDS}
-        fields.update(policy="sprpt", preemption=system.preemption, admission=system.admission)
+        fields.update(policy="sprpt", preemption=system.preemption, admission=system.admission,
+                      pause_kv=system.pause_kv, keep_seconds=float(flat.keep_seconds[i]))
         tasks.append((i, arrival[i].tolist(), prompt[i].tolist(), output[i].tolist(),
-                      prediction[i].tolist(), fields))
+                      prediction[i].tolist(), fields, pauses_of(reqs, i)))
     return subset, tasks
+
+
+def pauses_of(reqs, i):
+    """Configuration i's tool calls as the reference takes them (a list per request of (at,
+    seconds, predicted seconds)), or None without calls."""
+    import numpy as np
+
+    if reqs.pause_at is None:
+        return None
+    at, seconds = np.asarray(reqs.pause_at[i]), np.asarray(reqs.pause_for[i], np.float64)
+    predicted = np.asarray(reqs.pause_predicted[i], np.float64)
+    return [[(int(a), float(t), float(y)) for a, t, y in zip(at[j], seconds[j], predicted[j])
+             if a > 0] for j in range(at.shape[0])]
 
 
 def _ready(barrier):
@@ -243,8 +271,9 @@ def _run_share(share):
 
     start, cpu = time.time(), time.process_time()
     out = []
-    for index, arrival, prompt, output, prediction, fields in share:
-        ref = run_reference(arrival, prompt, output, prediction, ReferenceConfig(**fields))
+    for index, arrival, prompt, output, prediction, fields, pauses in share:
+        ref = run_reference(arrival, prompt, output, prediction, ReferenceConfig(**fields),
+                            pauses=pauses)
         out.append((index, ref.iterations, ref.total_preemptions))
     return out, start, time.time(), time.process_time() - cpu
 
@@ -320,6 +349,10 @@ def notes(args, rows, stats, subset, mismatches) -> list[str]:
         f"= linspace(0, 2, {args.configs}), seed = configuration index, recompute preemption, "
         f"optimistic admission, {args.slots} slots (at most {stats['max_in_system']} requests "
         f"were in system at once).",
+        *([f"Tool calls: up to {args.tool_calls} per request, each with probability "
+           f"{TOOL_CALL_PROBABILITY}, exponential with mean {TOOL_CALL_SECONDS} s; pause_kv "
+           f"{args.pause_kv} (keep_seconds {KEEP_SECONDS}), host memory {args.kv_capacity:,} "
+           f"tokens; {stats['pauses']:,} calls in all."] if args.tool_calls else []),
         f"Memory pressure: {jaxq_row['preemptions']:,} preemptions in all "
         f"({stats['configs_with_preemptions']} of {args.configs} configurations preempted; "
         f"{p['min']} / {p['mean']:.0f} / {p['max']} per configuration, min / mean / max); peak "
@@ -377,6 +410,11 @@ def parse_args(argv=None):
                         help="configurations the reference runs (a subset of jaxq's)")
     parser.add_argument("--lanes", type=int, default=None,
                         help="configurations jaxq steps together (default: simulate's)")
+    parser.add_argument("--tool-calls", type=int, default=0,
+                        help=f"tool calls per request at most (each with probability "
+                             f"{TOOL_CALL_PROBABILITY}, {TOOL_CALL_SECONDS} s on average)")
+    parser.add_argument("--pause-kv", default="auto", choices=("keep", "discard", "swap", "auto"),
+                        help="with --tool-calls: a paused request's KV")
     parser.add_argument("--quick", action="store_true", help="smoke run with tiny sizes")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)

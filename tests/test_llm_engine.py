@@ -302,21 +302,33 @@ def test_queue_engine_refuses_request_features():
             jaxq.simulate(jaxq.System(0.5, policy=jaxq.Linear(w_kv=1.0)), jobs=10)
 
 
-@pytest.mark.parametrize("refine, prefix_cache", [(False, False), (True, False), (False, True)])
-def test_decode_runs_equal_iteration_by_iteration(refine, prefix_cache):
+@pytest.mark.parametrize("refine, prefix_cache, pause_kv", [
+    (False, False, None), (True, False, None), (False, True, None), (False, False, "keep"),
+    (True, False, "auto")])
+def test_decode_runs_equal_iteration_by_iteration(refine, prefix_cache, pause_kv):
     """A closed-form run of m pure-decode iterations gives the state m single iterations give
-    (times to rounding), on a workload that is congested at times."""
+    (times to rounding), on a workload that is congested at times; with tool calls, beside
+    paused requests that keep their KV on the GPU."""
     from jaxq.llm import engine
 
     rng = np.random.default_rng(5)
     n = 60
     output = rng.integers(1, 120, n)
+    calls = {}
+    if pause_kv:  # one call at a uniform token of about half the requests, 0.5 s on average
+        at = np.where(rng.random(n) < 0.5, rng.integers(1, np.maximum(output, 2)), 0)
+        at = np.where(at < output, at, 0)[:, None]
+        seconds = rng.exponential(0.5, (n, 1))
+        calls = dict(pause_at=jnp.asarray(at, jnp.int32), pause_for=jnp.asarray(seconds),
+                     pause_predicted=jnp.asarray(seconds * np.exp(rng.normal(0, 0.5, (n, 1)))))
     requests = engine.Requests(gap=jnp.asarray(rng.exponential(0.25, n)),
                                prompt=jnp.asarray(rng.integers(1, 300, n), jnp.int32),
                                output=jnp.asarray(output, jnp.int32),
-                               prediction=jnp.asarray(output * np.exp(rng.normal(0, 0.5, n))))
+                               prediction=jnp.asarray(output * np.exp(rng.normal(0, 0.5, n))),
+                               **calls)
     spec = engine.EngineSpec(slots=n, preemption="recompute", admission="optimistic",
-                             refine=refine, prefix_cache=prefix_cache)
+                             refine=refine, prefix_cache=prefix_cache,
+                             pauses=1 if pause_kv else 0, pause_kv=pause_kv or "keep")
     params = LLMSystem(kv_capacity=800, block_size=16, refine_every=7, iter_base=0.01,
                        iter_per_prefill_token=2e-4, iter_per_decode_seq=1e-3,
                        iter_per_kv_token=3e-6).params()
@@ -357,3 +369,6 @@ def test_decode_runs_equal_iteration_by_iteration(refine, prefix_cache):
     assert int(state.totals.preemptions) > 0  # the KV limit binds at times
     assert (int(state.totals.prefix_hit_tokens) > 0) == prefix_cache
     assert in_runs >= 100  # the comparison covered many run iterations
+    if pause_kv:  # runs went on beside paused requests holding GPU KV
+        assert int(state.totals.pauses) > 10
+        assert float(state.totals.paused_kv_token_seconds) > 0

@@ -581,10 +581,12 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
                 ) -> tuple[EngineState, jax.Array, jax.Array]:
     """Up to `allowance` iterations at once, while nothing but decoding happens.
 
-    When every request in the system is resident and decoding, and they all fit in one batch (by
-    sequences, token budget and KV blocks), the batch rule schedules all of them whatever their
-    order, so the next iterations are known in closed form until an event: the next arrival's
-    boundary, the first request to finish, a refinement, or the KV blocks running short. In
+    When every request in the system that is not paused for a tool call is resident and
+    decoding, and they all fit in one batch (by sequences, token budget and KV blocks, the KV
+    that paused requests keep on the GPU included), the batch rule schedules all of them
+    whatever their order and preempts nobody, so the next iterations are known in closed form
+    until an event: the next arrival's boundary, the first return from a call, the first request
+    to finish or to start a call, a refinement, or the KV blocks running short. In
     scripts/bench_llm.py a configuration computes 1,095 boundaries in full (the ordering and the
     prefix sums) for 11,121 iterations on average, the rest being such runs. Returns the state
     after m such iterations, m (0 when the boundary now is not of this kind) and the seconds they
@@ -601,17 +603,25 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     cap = p.kv_capacity // b
     big = jnp.iinfo(jnp.int32).max // 4
 
-    seqs = jnp.sum(s.active)
+    # The batch: every request not paused. Paused requests rank after it (never preempted here:
+    # the run needs their GPU KV to fit beside the batch's) and return at a boundary, like an
+    # arrival.
+    paused = s.active & s.paused
+    batch = s.active & ~s.paused
+    seqs = jnp.sum(batch)
     decoding = s.resident & (s.generated >= 1) & (s.kv == s.prompt + s.generated - 1)
-    blocks_after_one = jnp.sum(jnp.where(s.active, _blocks(s.kv + 1, b), 0))
-    u = jnp.minimum(state.until_next, horizon)
-    eligible = ((seqs >= 1) & jnp.all(~s.active | decoding) & (u > 0)
-                & ~jnp.any(s.active & (s.paused | s.pausing))
+    held = jnp.where(paused & s.resident, s.kv, 0)  # GPU KV that paused requests keep
+    cap_left = cap - jnp.sum(_blocks(held, b))
+    blocks_after_one = jnp.sum(jnp.where(batch, _blocks(s.kv + 1, b), 0))
+    u = jnp.minimum(jnp.minimum(state.until_next, horizon),
+                    jnp.min(jnp.where(paused, s.until_return, jnp.inf)))
+    eligible = ((seqs >= 1) & jnp.all(~batch | decoding) & (u > 0)
+                & ~jnp.any(s.active & s.pausing)
                 & (seqs <= p.max_seqs) & (seqs <= p.max_batched_tokens)
-                & (blocks_after_one <= cap))
+                & (blocks_after_one <= cap_left))
 
     # Iteration j (from 0) of the run costs dt_j = a + c j: the KV attended grows by `seqs` a step.
-    kv0 = jnp.sum(jnp.where(s.active, s.kv, 0))
+    kv0 = jnp.sum(jnp.where(batch, s.kv, 0))
     a = (p.iter_base + p.iter_per_decode_seq * seqs.astype(f)
          + p.iter_per_kv_token * (kv0 + seqs).astype(f))
     c = p.iter_per_kv_token * seqs.astype(f)
@@ -619,7 +629,8 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     def elapsed(m):  # T(m): seconds taken by the first m iterations (m float)
         return m * a + c * (m * (m - 1.0) / 2.0)
 
-    # The next arrival is admitted at the first boundary T(m) >= u: the run stops there.
+    # The next arrival (or return) is admitted at the first boundary T(m) >= u: the run stops
+    # there.
     half = a - c / 2.0  # >= c / 2 >= 0, since a >= c
     guess = jnp.ceil(2.0 * u / (half + jnp.sqrt(half * half + 2.0 * c * u)))
     guess = jnp.clip(jnp.where(jnp.isfinite(guess), guess, big), 1, big)
@@ -627,25 +638,25 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     guess = jnp.where(elapsed(guess) < u, guess + 1.0, guess)
     to_arrival = jnp.where(jnp.isfinite(u) & (a > 0), guess, big).astype(jnp.int32)
 
-    to_finish = jnp.min(jnp.where(s.active, s.output - s.generated, big))
+    to_finish = jnp.min(jnp.where(batch, s.output - s.generated, big))
     # Each request needs at most ceil(m / b) more blocks in m iterations after the first.
-    to_kv_limit = 1 + b * ((cap - blocks_after_one) // jnp.maximum(seqs, 1))
+    to_kv_limit = 1 + b * ((cap_left - blocks_after_one) // jnp.maximum(seqs, 1))
     limits = [to_arrival, to_finish, to_kv_limit, jnp.asarray(allowance, jnp.int32)]
     if spec.refine:
         k = jnp.maximum(p.refine_every, 1)
-        limits.append(jnp.min(jnp.where(s.active, k - s.generated % k, big)))
+        limits.append(jnp.min(jnp.where(batch, k - s.generated % k, big)))
     if spec.pauses:  # stop before the token that starts a call: a full boundary makes it
         column = jnp.minimum(s.calls, spec.pauses - 1)[:, None]
         at = jnp.take_along_axis(requests.pause_at[s.index], column, axis=1)[:, 0]
-        calls_left = s.active & (s.calls < spec.pauses) & (at > s.generated)
+        calls_left = batch & (s.calls < spec.pauses) & (at > s.generated)
         limits.append(jnp.min(jnp.where(calls_left, at - s.generated - 1, big)))
     m = jnp.where(eligible, jnp.maximum(jnp.min(jnp.stack(limits)), 0), 0)
     mf = m.astype(f)
     seconds = elapsed(mf)
 
-    produced = s.active & (m > 0)
-    generated = jnp.where(s.active, s.generated + m, s.generated)
-    kv = jnp.where(s.active, s.kv + m, s.kv)
+    produced = batch & (m > 0)
+    generated = jnp.where(batch, s.generated + m, s.generated)
+    kv = jnp.where(batch, s.kv + m, s.kv)
     leaving = produced & (generated == s.output)
     age = s.age + seconds
     out = jnp.where(leaving, s.index, n_requests)  # out of range: dropped by the scatter
@@ -653,17 +664,23 @@ def _decode_run(spec: EngineSpec, p: EngineParams, predictor: Predictor, request
     request_preemptions = state.preemptions.at[out].set(s.preemptions, mode="drop")
     slots = s._replace(active=s.active & ~leaving, generated=generated,
                        kv=jnp.where(leaving, 0, kv), resident=s.resident & ~leaving, age=age,
-                       prediction=_refine(spec, p, predictor, key, s, produced, generated))
+                       prediction=_refine(spec, p, predictor, key, s, produced, generated),
+                       until_return=jnp.where(s.paused, s.until_return - seconds,
+                                              s.until_return))
     # Resident KV during iteration j is r0 + seqs j; integrate it against dt_j = a + c j.
-    r0 = (kv0 + seqs).astype(f)
+    kept = jnp.sum(held)
+    r0 = (kv0 + kept + seqs).astype(f)
     sf = seqs.astype(f)
     kv_token_seconds = (a * r0 * mf + (a * sf + c * r0) * (mf * (mf - 1.0) / 2.0)
                         + c * sf * ((mf - 1.0) * mf * (2.0 * mf - 1.0) / 6.0))
     totals = t._replace(
         iterations=t.iterations + m, busy_time=t.busy_time + seconds,
         elapsed=t.elapsed + seconds,
-        peak_kv_tokens=jnp.maximum(t.peak_kv_tokens, jnp.where(m > 0, kv0 + m * seqs, 0)),
+        peak_kv_tokens=jnp.maximum(t.peak_kv_tokens,
+                                   jnp.where(m > 0, kv0 + kept + m * seqs, 0)),
         kv_token_seconds=t.kv_token_seconds + kv_token_seconds,
+        waiting_seconds=t.waiting_seconds + seconds * jnp.sum(paused).astype(f),
+        paused_kv_token_seconds=t.paused_kv_token_seconds + seconds * kept.astype(f),
         batched=t.batched + m * seqs, finished=t.finished + jnp.sum(leaving))
     new = state._replace(slots=slots, until_next=state.until_next - seconds, latency=latency,
                          preemptions=request_preemptions, totals=totals)
